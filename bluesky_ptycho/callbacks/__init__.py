@@ -1,0 +1,1 @@
+"""Processing stages: event-model DocumentRouters that consume and emit documents."""

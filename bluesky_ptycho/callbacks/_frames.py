@@ -1,0 +1,62 @@
+"""Raw frames of a ptycho run, whether the documents reference them or carry them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..io.frames import StreamFrameReader
+
+
+class RawFrames:
+    """Follows one raw run's documents and hands out its detector frames.
+
+    Frames come either from StreamDatum documents (read from the detector's
+    HDF5 file) or inline in events (a detector without files, or a
+    synthetic stream). Each comes with its stream name and event sequence
+    number.
+    """
+
+    def __init__(self, start: dict) -> None:
+        md = start.get("ptycho") or {}
+        self.image_key: str = md.get("image_key", "fccd_image")
+        self.x_key: str = md.get("x_key", "stage_x")
+        self.y_key: str = md.get("y_key", "stage_y")
+        self.streams: dict[str, str] = {}  # descriptor uid → stream name
+        self.reader = StreamFrameReader()
+
+    def descriptor(self, doc: dict) -> None:
+        self.streams[doc["uid"]] = doc.get("name", "primary")
+
+    def stream_resource(self, doc: dict) -> None:
+        if doc.get("data_key") == self.image_key:
+            self.reader.stream_resource(doc)
+
+    def from_datum(self, doc: dict) -> tuple[str, list[int], np.ndarray] | None:
+        """(stream, seq_nums, frames) of a StreamDatum of the image key, else None."""
+        try:
+            if self.reader.data_key(doc) != self.image_key:
+                return None
+        except KeyError:
+            return None
+        frames = self.reader.frames(doc)
+        s = doc["seq_nums"]
+        return self.streams.get(doc["descriptor"], "primary"), list(range(s["start"], s["stop"])), frames
+
+    def from_event_page(self, doc: dict) -> tuple[str, list[int], list[Any] | None, dict]:
+        """(stream, seq_nums, inline frames or None, data columns) of an EventPage."""
+        stream = self.streams.get(doc["descriptor"], "primary")
+        data = doc["data"]
+        frames = data.get(self.image_key)
+        return stream, list(doc["seq_num"]), frames, data
+
+
+def frame_problem(frame: Any, shape: tuple[int, ...]) -> str:
+    """Why *frame* cannot be used ("" when it can): wrong shape, or NaN/inf values."""
+    a = np.asarray(frame)
+    if a.shape != tuple(shape):
+        return f"wrong shape {a.shape}, expected {tuple(shape)}"
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        return f"{int((~np.isfinite(a)).sum())} non-finite values"
+    return ""

@@ -1,0 +1,205 @@
+"""What every processing stage shares: a worker thread, and output as a derived run.
+
+A stage is an ``event_model.DocumentRouter``. Calling it (``stage(name, doc)``,
+as the RunEngine or a RunRouter does) only puts the document on the stage's
+queue and returns at once; the stage's own thread takes documents off the
+queue in order and dispatches them by method name (``start``, ``descriptor``,
+``event_page``, ``stream_resource``, ``stream_datum``, ``stop``). So a slow
+stage never stretches the scan, and an error in a stage is logged and kept
+in :attr:`Stage.errors`, never raised into the RunEngine.
+
+A stage's results are documents of a *derived run* (:class:`DerivedRun`)
+whose start document names the source run (``source_run``) and the stage
+(``stage``); :meth:`Stage.subscribe` connects the next stage or any sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+from event_model import DocumentRouter, compose_run
+
+Callback = Callable[[str, dict], Any]
+_STOP = object()
+
+
+class Stage(DocumentRouter):
+    """Base class of processing stages (see the module docstring).
+
+    Subclasses set :attr:`stage_name` and implement document methods; a
+    stage with work of its own between documents (iterations) overrides
+    :meth:`has_work` and :meth:`work`.
+    """
+
+    stage_name: ClassVar[str] = "stage"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = logging.getLogger(f"bluesky_ptycho.stages.{self.stage_name}")
+        self._subscribers: list[Callback] = []
+        self._queue: queue.Queue = queue.Queue()
+        self.errors: list[str] = []
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stage-{self.stage_name}", daemon=True)
+        self._thread.start()
+
+    # -- wiring ---------------------------------------------------------------
+    def subscribe(self, callback: Callback) -> None:
+        """Send this stage's output documents to *callback(name, doc)*."""
+        self._subscribers.append(callback)
+
+    def publish(self, name: str, doc: dict) -> None:
+        """Send one output document to every subscriber (errors there are logged)."""
+        for cb in list(self._subscribers):
+            try:
+                cb(name, doc)
+            except Exception:
+                self.log.exception("subscriber %r failed on %s document", cb, name)
+
+    # -- the RunEngine side: enqueue and return --------------------------------
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        self._queue.put((name, doc))
+        return name, doc
+
+    def close(self) -> None:
+        """Stop the worker after the documents already queued."""
+        self._queue.put((_STOP, None))
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the stage has finished its run; True if it did in time."""
+        return self.done.wait(timeout)
+
+    # -- the worker side -----------------------------------------------------------
+    def has_work(self) -> bool:
+        """True while the stage has work of its own to do between documents."""
+        return False
+
+    def work(self) -> None:
+        """One slice of the stage's own work (an iteration, say)."""
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(block=not self.has_work())
+            except queue.Empty:
+                self._guarded(self.work)
+                continue
+            name, doc = item
+            if name is _STOP:
+                break
+            self._guarded(lambda n=name, d=doc: self._dispatch(n, d, False))
+        self.done.set()
+
+    def _guarded(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception as err:
+            self.errors.append(f"{type(err).__name__}: {err}")
+            self.log.exception("stage %s failed; it goes on with the next document", self.stage_name)
+
+    # Documents a stage does not care about pass by quietly.
+    def start(self, doc: dict) -> None:
+        return None
+
+    def descriptor(self, doc: dict) -> None:
+        return None
+
+    def event_page(self, doc: dict) -> None:
+        return None
+
+    def stream_resource(self, doc: dict) -> None:
+        return None
+
+    def stream_datum(self, doc: dict) -> None:
+        return None
+
+    def resource(self, doc: dict) -> None:
+        return None
+
+    def datum_page(self, doc: dict) -> None:
+        return None
+
+    def stop(self, doc: dict) -> None:
+        return None
+
+
+def array_key(arr: np.ndarray, source: str) -> dict:
+    """A descriptor data key for an array value."""
+    a = np.asarray(arr)
+    return {"source": source, "dtype": "array", "shape": list(a.shape), "dtype_numpy": a.dtype.str}
+
+
+def scalar_key(value: Any, source: str) -> dict:
+    """A descriptor data key for a scalar value."""
+    if isinstance(value, bool | np.bool_):
+        return {"source": source, "dtype": "boolean", "shape": []}
+    if isinstance(value, int | np.integer):
+        return {"source": source, "dtype": "integer", "shape": []}
+    if isinstance(value, float | np.floating):
+        return {"source": source, "dtype": "number", "shape": []}
+    return {"source": source, "dtype": "string", "shape": []}
+
+
+class DerivedRun:
+    """The run a stage emits for one source run.
+
+    Parameters
+    ----------
+    stage : Stage
+        Publishes the documents.
+    source_start : dict
+        Start document of the source run (its uid is recorded).
+    metadata : dict
+        Extra start metadata (what downstream stages need).
+    """
+
+    def __init__(self, stage: Stage, source_start: dict, metadata: dict | None = None) -> None:
+        self.stage = stage
+        md = {
+            "source_run": source_start["uid"],
+            "stage": stage.stage_name,
+            "scan_id": source_start.get("scan_id"),
+            **(metadata or {}),
+        }
+        md = {k: v for k, v in md.items() if v is not None}
+        self._bundle = compose_run(metadata=md)
+        self.start_doc = self._bundle.start_doc
+        self._descriptors: dict[str, Any] = {}
+        self.stopped = False
+        stage.publish("start", self.start_doc)
+
+    @property
+    def uid(self) -> str:
+        return self.start_doc["uid"]
+
+    def event(self, stream: str, data: dict[str, Any]) -> dict:
+        """Emit one event in *stream* (its descriptor is made from the first event)."""
+        if stream not in self._descriptors:
+            keys = {
+                k: array_key(v, self.stage.stage_name)
+                if isinstance(v, np.ndarray)
+                else scalar_key(v, self.stage.stage_name)
+                for k, v in data.items()
+            }
+            bundle = self._bundle.compose_descriptor(name=stream, data_keys=keys)
+            self._descriptors[stream] = bundle
+            self.stage.publish("descriptor", bundle.descriptor_doc)
+        now = time.time()
+        ev = self._descriptors[stream].compose_event(
+            data=data, timestamps={k: now for k in data}
+        )
+        self.stage.publish("event", ev)
+        return ev
+
+    def stop(self, exit_status: str = "success", reason: str = "") -> None:
+        """Emit the stop document (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.stage.publish("stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason))

@@ -1,0 +1,174 @@
+"""Frame cleaning stage: raw FCCD frames → photon-count frames for the reconstruction."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..core import fccd
+from ..core._array import get_xp, to_numpy
+from ..core.clean import CleanSettings, clean_frames
+from ._frames import RawFrames, frame_problem
+from .base import DerivedRun, Stage
+
+
+class FrameCleaner(Stage):
+    """Cleans each ``primary`` frame once the dark statistics are in.
+
+    Inputs: the raw run's documents, and the ``dark_statistics`` derived run.
+    Output: a derived run with stream ``cleaned``, one event per scan point:
+    ``frame`` (frame_px², photons, DC at the centre), ``point``, ``x``, ``y``
+    (m), ``valid`` and ``flag`` (why a frame is not valid: a wrong shape,
+    NaNs, a failed cleaning). Invalid frames are passed on flagged, never
+    dropped, so the reconstruction can give them zero weight.
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu"}
+    batch_size : int
+        Frames cleaned together (more is faster, less is more live).
+    threshold_adu, overscan_order, window_width : optional
+        Override the :class:`~bluesky_ptycho.core.clean.CleanSettings` defaults.
+    """
+
+    stage_name = "frame_cleaning"
+
+    def __init__(self, device: str = "cpu", batch_size: int = 8, **settings: Any) -> None:
+        self.xp = get_xp(device)
+        self.batch_size = int(batch_size)
+        self._overrides = settings
+        self.settings: CleanSettings | None = None
+        self._raw: RawFrames | None = None
+        self._raw_uid: str | None = None
+        self._dark_uid: str | None = None
+        self._dark: dict | None = None
+        self._out: DerivedRun | None = None
+        self._frames_by_seq: dict[int, Any] = {}
+        self._ready: list[tuple[int, float, float, Any]] = []
+        self._raw_stopped = False
+        self._dark_done = False
+        self.center: tuple[float, float] | None = None
+        self.n_cleaned = 0
+        self.n_flagged = 0
+        super().__init__()
+
+    # -- two inputs: the raw run and the dark statistics run ---------------------
+    def start(self, doc: dict) -> None:
+        if doc.get("stage") == "dark_statistics":
+            self._dark_uid = doc["uid"]
+            return
+        self._raw_uid = doc["uid"]
+        self._raw = RawFrames(doc)
+        md = dict(doc.get("ptycho") or {})
+        base = CleanSettings(
+            adu_per_photon=float(md.get("adu_per_photon", 36.5)),
+            crop_px=int(md.get("crop_px", 512)),
+            frame_px=int(md.get("frame_px", 128)),
+        )
+        self.settings = replace(base, **self._overrides)
+        md["frame_pixel_size_m"] = md.get("pixel_size_m", 30e-6) * (
+            self.settings.crop_px // self.settings.frame_px
+        )
+        self._out = DerivedRun(self, doc, {"ptycho": md, "clean_settings": self.settings.as_dict()})
+
+    def descriptor(self, doc: dict) -> None:
+        if doc["run_start"] == self._raw_uid and self._raw is not None:
+            self._raw.descriptor(doc)
+
+    def stream_resource(self, doc: dict) -> None:
+        if self._raw is not None:
+            self._raw.stream_resource(doc)
+
+    def stream_datum(self, doc: dict) -> None:
+        if self._raw is None:
+            return
+        got = self._raw.from_datum(doc)
+        if got is None or got[0] != "primary":
+            return
+        for s, f in zip(got[1], got[2], strict=True):
+            self._frames_by_seq[s] = f
+
+    def event_page(self, doc: dict) -> None:
+        if self._dark_uid is not None and self._dark is None and "mean" in doc["data"]:
+            self._dark = {k: v[0] for k, v in doc["data"].items()}
+            return
+        if self._raw is None or self._raw.streams.get(doc["descriptor"]) != "primary":
+            return
+        stream, seq, frames, data = self._raw.from_event_page(doc)
+        xs = data.get(self._raw.x_key, [np.nan] * len(seq))
+        ys = data.get(self._raw.y_key, [np.nan] * len(seq))
+        for i, s in enumerate(seq):
+            frame = frames[i] if frames is not None else self._frames_by_seq.pop(s, None)
+            self._ready.append((s - 1, float(xs[i]), float(ys[i]), frame))
+
+    def stop(self, doc: dict) -> None:
+        if doc["run_start"] == self._raw_uid:
+            self._raw_stopped = True
+        elif doc["run_start"] == self._dark_uid:
+            self._dark_done = True
+        self._finish_if_done()
+
+    # -- the work: batches of ready frames -----------------------------------------
+    def has_work(self) -> bool:
+        return self._dark is not None and bool(self._ready)
+
+    def work(self) -> None:
+        batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
+        self._clean(batch)
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        if not self._raw_stopped or self._out is None:
+            return
+        if self._dark is None and not self._dark_done:
+            return  # the dark statistics are still on their way
+        if self._ready and self._dark is None:
+            # no dark statistics will come: pass every frame on, flagged
+            self._emit_flagged(self._ready, "no dark statistics for this run")
+            self._ready = []
+        if not self._ready:
+            self._out.stop()
+            self.close()
+
+    def _emit_flagged(self, items: list, why: str) -> None:
+        assert self.settings is not None and self._out is not None
+        n = self.settings.frame_px
+        for point, x, y, _ in items:
+            self.n_flagged += 1
+            self.log.warning("frame of point %d flagged: %s", point, why)
+            self._out.event(
+                "cleaned",
+                {"frame": np.zeros((n, n), np.float32), "point": int(point), "x": x, "y": y,
+                 "valid": False, "flag": why, "photons": 0.0},
+            )
+
+    def _clean(self, batch: list) -> None:
+        assert self.settings is not None and self._out is not None and self._dark is not None
+        good, bad = [], []
+        for item in batch:
+            problem = "missing frame" if item[3] is None else frame_problem(item[3], fccd.RAW_SHAPE)
+            (bad if problem else good).append((item, problem))
+        for item, problem in bad:
+            self._emit_flagged([item], problem)
+        if not good:
+            return
+        xp = self.xp
+        raw = xp.asarray(np.stack([np.asarray(it[3]) for it, _ in good]))
+        dark_mean = xp.asarray(self._dark["mean"])
+        bad_px = xp.asarray(self._dark["bad_pixels"])
+        try:
+            frames, self.center = clean_frames(raw, dark_mean, bad_px, self.center, self.settings)
+        except ValueError as err:
+            self._emit_flagged([it for it, _ in good], f"cleaning failed: {err}")
+            return
+        frames = to_numpy(frames)
+        for k, ((point, x, y, _), _p) in enumerate(good):
+            f = frames[k]
+            self.n_cleaned += 1
+            self._out.event(
+                "cleaned",
+                {"frame": f, "point": int(point), "x": x, "y": y, "valid": True, "flag": "",
+                 "photons": float(f.sum())},
+            )

@@ -1,0 +1,105 @@
+"""Dark statistics stage: running mean and variance per pixel over the ``dark`` stream."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import fccd
+from ..core._array import get_xp, to_numpy
+from ..core.dark import DarkSettings, RunningDarkStats
+from ._frames import RawFrames, frame_problem
+from .base import DerivedRun, Stage
+
+
+class DarkStatistics(Stage):
+    """Accumulates dark frames as they arrive; publishes mean, std and bad pixels.
+
+    The statistics are published (one event in stream ``dark`` of a derived
+    run) as soon as the ``primary`` stream begins, or at the end of the run if
+    it never does.
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu"}
+        Where the accumulation runs.
+    max_std_adu : float
+        Bad-pixel threshold on the dark standard deviation (ADU).
+    """
+
+    stage_name = "dark_statistics"
+
+    def __init__(self, device: str = "cpu", max_std_adu: float = 30.0) -> None:
+        self.xp = get_xp(device)
+        self.settings = DarkSettings(max_std_adu=max_std_adu)
+        self.stats: RunningDarkStats | None = None
+        self._frames: RawFrames | None = None
+        self._source: dict | None = None
+        self._out: DerivedRun | None = None
+        self.skipped: list[tuple[int, str]] = []
+        super().__init__()
+
+    def start(self, doc: dict) -> None:
+        self._source = doc
+        self._frames = RawFrames(doc)
+        self.stats = RunningDarkStats(fccd.RAW_SHAPE, self.xp)
+
+    def descriptor(self, doc: dict) -> None:
+        assert self._frames is not None
+        self._frames.descriptor(doc)
+        if doc.get("name") == "primary":
+            self._publish()
+
+    def stream_resource(self, doc: dict) -> None:
+        assert self._frames is not None
+        self._frames.stream_resource(doc)
+
+    def stream_datum(self, doc: dict) -> None:
+        assert self._frames is not None
+        got = self._frames.from_datum(doc)
+        if got is not None and got[0] == "dark":
+            self._add(got[1], list(got[2]))
+
+    def event_page(self, doc: dict) -> None:
+        assert self._frames is not None
+        stream, seq, frames, _ = self._frames.from_event_page(doc)
+        if stream == "dark" and frames is not None:
+            self._add(seq, frames)
+
+    def _add(self, seq: list[int], frames: list) -> None:
+        assert self.stats is not None
+        good = []
+        for s, f in zip(seq, frames, strict=True):
+            problem = frame_problem(f, fccd.RAW_SHAPE)
+            if problem:
+                self.skipped.append((s, problem))
+                self.log.warning("dark frame %d skipped: %s", s, problem)
+            else:
+                good.append(f)
+        if good:
+            self.stats.update(self.xp.asarray(np.stack(good)))
+
+    def _publish(self) -> None:
+        if self._out is not None or self._source is None or self.stats is None:
+            return
+        res = self.stats.result(self.settings)
+        self._out = DerivedRun(self, self._source, {"dark_settings": {"max_std_adu": self.settings.max_std_adu}})
+        self._out.event(
+            "dark",
+            {
+                "mean": to_numpy(res.mean),
+                "std": to_numpy(res.std),
+                "bad_pixels": to_numpy(res.bad),
+                "n_frames": int(res.n_frames),
+                "n_bad": int(to_numpy(res.bad).sum()),
+            },
+        )
+        self.result = res
+        self._out.stop()
+
+    def stop(self, doc: dict) -> None:
+        try:
+            self._publish()
+        finally:
+            if self._out is not None:
+                self._out.stop(exit_status="success" if self.stats else "fail")
+            self.close()

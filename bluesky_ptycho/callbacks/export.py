@@ -1,0 +1,72 @@
+"""Writes a scan's cleaned frames and final reconstruction to a CXI file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from event_model import DocumentRouter
+
+from ..core.geometry import Geometry
+from ..io.cxi import CxiData, write_cxi
+
+
+class CxiExport(DocumentRouter):
+    """Collects the ``cleaned`` frames and the final ``snapshot``; writes CXI at the end.
+
+    Subscribe it to the cleaning and reconstruction stages. It writes when the
+    reconstruction's run stops; :attr:`path` is then set.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.target = Path(path)
+        self.path: Path | None = None
+        self._frames: dict[int, tuple[np.ndarray, float, float]] = {}
+        self._md: dict | None = None
+        self._final: dict | None = None
+        self._recon_uid: str | None = None
+        self._streams: dict[str, str] = {}
+
+    def start(self, doc: dict) -> None:
+        if doc.get("stage") == "frame_cleaning":
+            self._md = doc["ptycho"]
+        elif doc.get("stage") == "reconstruction":
+            self._recon_uid = doc["uid"]
+
+    def descriptor(self, doc: dict) -> None:
+        self._streams[doc["uid"]] = doc["name"]
+
+    def event_page(self, doc: dict) -> None:
+        stream = self._streams.get(doc["descriptor"])
+        d = doc["data"]
+        if stream == "cleaned":
+            for i, ok in enumerate(d["valid"]):
+                if ok:
+                    self._frames[int(d["point"][i])] = (np.asarray(d["frame"][i]), d["x"][i], d["y"][i])
+        elif stream == "snapshot" and any(d["final"]):
+            self._final = {k: v[-1] for k, v in d.items()}
+
+    def stop(self, doc: dict) -> None:
+        if doc["run_start"] != self._recon_uid or self._md is None:
+            return
+        md = self._md
+        points = sorted(self._frames)
+        if not points:
+            return
+        frames = np.stack([self._frames[p][0] for p in points]).astype(np.float32)
+        trans = np.array([[self._frames[p][1], self._frames[p][2], 0.0] for p in points])
+        g = Geometry(energy_ev=md["energy_ev"], distance_m=md["distance_m"],
+                     pixel_size_m=md["pixel_size_m"], crop_px=md["crop_px"], frame_px=md["frame_px"])
+        ps = g.frame_pixel_size_m
+        self.path = write_cxi(
+            self.target,
+            CxiData(
+                frames=frames, translations_m=trans, energy_ev=md["energy_ev"],
+                distance_m=md["distance_m"], pixel_size_m=(ps, ps),
+                mask=np.zeros(frames.shape[1:], np.uint32),
+                probe=None if self._final is None else self._final["probe"],
+                object=None if self._final is None else self._final["object"],
+                object_pixel_size_m=g.object_pixel_size_m,
+            ),
+        )

@@ -1,0 +1,323 @@
+"""Simulated ptychography: zone-plate probe, test object, scan patterns, raw FCCD frames.
+
+The physics of the simulated FCCD device lives here, as plain functions and
+one small class; the Ophyd device in :mod:`bluesky_ptycho.devices` is glue.
+Random numbers come from a NumPy ``Generator`` the caller owns, so a seeded
+simulation is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from . import fccd
+from ._array import Array, fftshift2, get_xp, ifft2, ifftshift2
+from .geometry import Geometry, ZonePlate
+from .ptycho import ObjectGrid, far_field_intensity, object_grid
+
+GOLDEN_ANGLE_DEG = 137.50776405003785
+
+
+# ------------------------------------------------------------------ scan patterns
+def raster_positions(nx: int, ny: int, step_m: float) -> np.ndarray:
+    """Raster scan, row by row, centred on 0.
+
+    Returns
+    -------
+    (nx·ny, 2) float64
+        (x, y) in m.
+    """
+    if nx < 1 or ny < 1:
+        raise ValueError(f"raster needs nx >= 1 and ny >= 1 points, got nx={nx}, ny={ny}")
+    if not step_m > 0:
+        raise ValueError(f"raster step_m={step_m!r} must be positive (m)")
+    x = (np.arange(nx) - (nx - 1) / 2) * step_m
+    y = (np.arange(ny) - (ny - 1) / 2) * step_m
+    xx, yy = np.meshgrid(x, y)
+    return np.stack([xx.ravel(), yy.ravel()], axis=1)
+
+
+def fermat_positions(n: int, step_m: float) -> np.ndarray:
+    """Fermat spiral ``r = c·√k``, ``θ = k·137.508°``, centred on 0.
+
+    The mean distance between neighbours is about ``step_m``; ``c = step_m/√π``.
+
+    Returns
+    -------
+    (n, 2) float64
+        (x, y) in m.
+    """
+    if n < 1:
+        raise ValueError(f"fermat spiral needs n >= 1 points, got n={n}")
+    if not step_m > 0:
+        raise ValueError(f"fermat step_m={step_m!r} must be positive (m)")
+    k = np.arange(n)
+    c = step_m / np.sqrt(np.pi)
+    r = c * np.sqrt(k)
+    theta = np.deg2rad(k * GOLDEN_ANGLE_DEG)
+    return np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
+
+
+def scan_positions(pattern: str, num_points: int, step_m: float) -> np.ndarray:
+    """Positions for a named pattern: ``"raster"`` (square-ish) or ``"fermat"``."""
+    if pattern == "fermat":
+        return fermat_positions(num_points, step_m)
+    if pattern == "raster":
+        nx = int(np.ceil(np.sqrt(num_points)))
+        ny = int(np.ceil(num_points / nx))
+        return raster_positions(nx, ny, step_m)[:num_points]
+    raise ValueError(f"scan pattern={pattern!r} is not known: use 'raster' or 'fermat'")
+
+
+# ------------------------------------------------------------------ probe
+def fzp_probe(geometry: Geometry, zone_plate: ZonePlate, xp: object = np) -> Array:
+    """Probe of a Fresnel zone plate at the sample plane, on the frame grid.
+
+    The zone plate focuses with ``f = D·Δr/λ``; at the focus the field is the
+    Fourier transform of its pupil (aperture ``D`` less the central stop), and
+    the sample ``defocus_m`` from the focus sees it propagated by the
+    angular spectrum ``exp(−iπλz|q|²)``.
+
+    Returns
+    -------
+    (H, W) complex64
+        Centred in the frame, normalised to ``Σ|P|² = 1``.
+    """
+    n = geometry.frame_px
+    dx = geometry.object_pixel_size_m
+    lam = geometry.wavelength_m
+    f = zone_plate.focal_length_m(geometry.energy_ev)
+    q = np.fft.fftfreq(n, d=dx)  # spatial frequency, 1/m
+    qy, qx = np.meshgrid(q, q, indexing="ij")
+    q2 = qx**2 + qy**2
+    u = lam * f * np.sqrt(q2)  # radius in the zone-plate plane, m
+    du = lam * f / (n * dx)
+    # area-weighted edges (soft by one pupil sample) against aliasing
+    outer = np.clip((zone_plate.diameter_m / 2 - u) / du + 0.5, 0, 1)
+    inner = np.clip((u - zone_plate.central_stop_m / 2) / du + 0.5, 0, 1)
+    pupil = outer * inner
+    if not pupil.any():
+        raise ValueError(
+            f"zone plate of diameter {zone_plate.diameter_m} m is smaller than one pupil "
+            f"sample ({du:.3g} m) on this grid: raise frame_px or the pixel size"
+        )
+    field = pupil * np.exp(-1j * np.pi * lam * zone_plate.defocus_m * q2)
+    probe = fftshift2(ifft2(field.astype(np.complex64)))
+    probe /= np.sqrt(np.sum(np.abs(probe) ** 2))
+    return get_xp(xp).asarray(probe.astype(np.complex64)) if xp is not np else probe
+
+
+# ------------------------------------------------------------------ object
+def test_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A test sample with independent amplitude and phase structure.
+
+    Amplitude: a 36-spoke Siemens star (features down to one pixel at its
+    centre) in a field of absorbing particles. Phase: overlapping smooth
+    cells, sharp-edged bars of widths 1–8 px and fine noise-like texture,
+    spanning about ±1 rad. Neither part is a pattern any solver finds by
+    accident, and they do not share edges, so cross-talk between amplitude and
+    phase shows up as error.
+
+    Returns
+    -------
+    (Y, X) complex64
+        Transmission, amplitude in about [0.55, 1].
+    """
+    ny, nx = shape
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    cy, cx = ny / 2, nx / 2
+    # Siemens star, amplitude
+    r = np.hypot(yy - cy, xx - cx)
+    theta = np.arctan2(yy - cy, xx - cx)
+    star_r = 0.3 * min(ny, nx)
+    star = (np.sin(18 * theta) > 0) & (r < star_r)
+    absorb = 0.3 * star
+    # absorbing particles, amplitude
+    n_particles = max(8, (ny * nx) // 900)
+    py = rng.uniform(0, ny, n_particles)
+    px = rng.uniform(0, nx, n_particles)
+    pr = rng.uniform(2, 7, n_particles)
+    particles = np.zeros(shape)
+    for y0, x0, r0 in zip(py, px, pr, strict=True):
+        particles = np.maximum(particles, np.clip(r0 + 0.5 - np.hypot(yy - y0, xx - x0), 0, 1))
+    absorb = np.maximum(absorb, 0.45 * particles)
+    amplitude = 1.0 - absorb
+    # phase: smooth cells, bars, texture
+    cells = np.zeros(shape)
+    for _ in range(max(6, (ny * nx) // 4000)):
+        y0, x0 = rng.uniform(0, ny), rng.uniform(0, nx)
+        s = rng.uniform(6, 20)
+        cells += rng.uniform(-0.6, 0.6) * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * s**2))
+    bars = np.zeros(shape)
+    x = int(0.36 * nx)
+    for width in (1, 2, 3, 4, 6, 8):
+        y_lo, y_hi = int(0.56 * ny), int(0.68 * ny)
+        bars[y_lo:y_hi, x : x + width] = 0.8
+        x += 2 * width + 3
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    texture *= 0.25 / max(texture.std(), 1e-12)
+    phase = np.clip(cells + bars + texture - 0.3 * star, -1.2, 1.2)
+    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+# ------------------------------------------------------------------ the sample
+@dataclass
+class SimulatedSample:
+    """A known object under a known probe: the truth a simulated detector images.
+
+    Parameters
+    ----------
+    geometry : Geometry
+    zone_plate : ZonePlate
+    scan_extent_m : float
+        Side of the square region (m, centred on 0) the stage can reach;
+        the object covers it with a frame to spare.
+    seed : int
+        Seed of the object's random features.
+    """
+
+    geometry: Geometry = field(default_factory=Geometry)
+    zone_plate: ZonePlate = field(default_factory=ZonePlate)
+    scan_extent_m: float = 3e-6
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        g = self.geometry
+        half = self.scan_extent_m / 2
+        corners = np.array([[-half, -half], [half, half]])
+        self.grid: ObjectGrid = object_grid(corners, g.object_pixel_size_m, g.frame_px, margin_px=2)
+        self.object = test_object(self.grid.shape, np.random.default_rng(self.seed))
+        self.probe = fzp_probe(g, self.zone_plate)
+
+    def intensity(self, position_m: tuple[float, float], photons: float) -> np.ndarray:
+        """Noise-free detector intensity at a stage position (x, y) in m.
+
+        Returns
+        -------
+        (crop_px, crop_px) float32
+            Expected photons per detector pixel, DC at the centre, summing to
+            about *photons* (the object absorbs some).
+        """
+        g = self.geometry
+        pos = self.grid.to_pixels(np.asarray([position_m], dtype=np.float64))
+        h = g.frame_px
+        if (pos < 0).any() or (pos[:, 0] > self.grid.shape[0] - h - 1) or (
+            pos[:, 1] > self.grid.shape[1] - h - 1
+        ):
+            raise ValueError(
+                f"stage position {position_m} m lies outside the simulated sample "
+                f"(±{self.scan_extent_m / 2:.3g} m)"
+            )
+        probe = self.probe * np.float32(np.sqrt(photons))
+        return far_field_intensity(self.object, probe, pos, upsample=g.downsample)[0]
+
+
+# ------------------------------------------------------------------ the detector
+@dataclass
+class FCCDNoiseModel:
+    """How the FCCD turns photons into raw ADU.
+
+    Attributes
+    ----------
+    adu_per_photon : float
+        Gain; about ``E_eV / (3.65 eV/e⁻ × 6 e⁻/ADU)``, 36.5 at 800 eV.
+    baseline_adu : float
+        Mean channel offset (the 13-bit ADC's baseline, 0x1000).
+    offset_spread_adu : float
+        Standard deviation of the static per-channel offsets.
+    drift_adu : float
+        Amplitude of the slow offset drift over readout time (per channel,
+        quadratic in readout row), different in every frame.
+    read_noise_adu : float
+        Gaussian read noise per sample.
+    seed : int
+        Seed of the static per-channel offsets (the camera's fingerprint).
+    """
+
+    adu_per_photon: float = 36.5
+    baseline_adu: float = 4096.0
+    offset_spread_adu: float = 150.0
+    drift_adu: float = 6.0
+    read_noise_adu: float = 5.0
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        rows = np.arange(fccd.CLOCKED_ROWS)
+        static = self.baseline_adu + self.offset_spread_adu * rng.standard_normal(fccd.N_CHANNELS)
+        # a fixed per-channel ramp over readout time, the same in every frame (darks remove it)
+        slope = rng.uniform(-5, 5, fccd.N_CHANNELS)
+        self.static_offsets = (
+            static[:, None] + slope[:, None] * rows[None, :] / fccd.CLOCKED_ROWS
+        ).astype(np.float32)
+
+    @classmethod
+    def for_energy(cls, energy_ev: float, **kw: float) -> FCCDNoiseModel:
+        """Noise model with the gain at *energy_ev* (6 e⁻/ADU, 3.65 eV per e⁻)."""
+        return cls(adu_per_photon=energy_ev / (3.65 * 6.0), **kw)  # type: ignore[arg-type]
+
+    def frame_offsets(self, rng: np.random.Generator) -> np.ndarray:
+        """This frame's offsets (192, 970) float32: static part plus a drift that changes per frame."""
+        t = np.linspace(-1, 1, fccd.CLOCKED_ROWS, dtype=np.float32)
+        coef = rng.normal(0, self.drift_adu, (fccd.N_CHANNELS, 3)).astype(np.float32)
+        drift = coef[:, :1] + coef[:, 1:2] * t + coef[:, 2:3] * (t**2 - 1 / 3)
+        return self.static_offsets + drift
+
+    def raw_frame(
+        self,
+        rng: np.random.Generator,
+        pattern: np.ndarray | None = None,
+        center: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """One raw FCCD frame.
+
+        Parameters
+        ----------
+        rng : numpy Generator
+        pattern : (h, w) float, optional
+            Expected photons per pixel (Poisson noise is drawn here). None
+            makes a dark frame.
+        center : (row, col), optional
+            Image pixel of the pattern's centre (DC); default the detector
+            centre, on the boundary of the two halves.
+
+        Returns
+        -------
+        (1152, 1940) uint16
+        """
+        raw = rng.standard_normal(fccd.RAW_SHAPE, dtype=np.float32)
+        raw *= np.float32(self.read_noise_adu)
+        blocks = fccd.raw_blocks(raw)
+        blocks += fccd.per_channel_to_raw(self.frame_offsets(rng))
+        if pattern is not None:
+            photons = rng.poisson(np.maximum(pattern, 0)).astype(np.float32)
+            photons *= np.float32(self.adu_per_photon)
+            image = np.zeros(fccd.IMAGE_SHAPE, dtype=np.float32)
+            h, w = photons.shape
+            cy, cx = center if center is not None else (fccd.IMAGE_SHAPE[0] // 2, fccd.IMAGE_SHAPE[1] // 2)
+            y0, x0 = cy - h // 2, cx - w // 2
+            if y0 < 0 or x0 < 0 or y0 + h > fccd.IMAGE_SHAPE[0] or x0 + w > fccd.IMAGE_SHAPE[1]:
+                raise ValueError(
+                    f"pattern of shape {photons.shape} centred at {(cy, cx)} does not fit on the "
+                    f"FCCD image {fccd.IMAGE_SHAPE}"
+                )
+            image[y0 : y0 + h, x0 : x0 + w] = photons
+            raw += fccd.image_to_raw(image)
+        np.clip(raw, 0, 65535, out=raw)
+        return raw.astype(np.uint16)
+
+
+def downsample_to_frame(intensity: Array, factor: int) -> Array:
+    """The ``frame_px`` pattern the reconstruction models, from one oversampled by *factor*.
+
+    Takes every *factor*-th sample (DC at the centre kept) and scales by
+    ``factor²`` so that the photon total is kept, as Fourier downsampling
+    keeps it. Used to check the simulator against the solver without a
+    detector in between.
+    """
+    xp = get_xp(intensity)
+    f = ifftshift2(intensity)[..., ::factor, ::factor] * (factor * factor)
+    return xp.ascontiguousarray(fftshift2(f))

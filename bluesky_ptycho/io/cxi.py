@@ -1,0 +1,178 @@
+"""CXI 1.6 files for ptychography (the layout ptychodus 1.7 and ptypy read).
+
+One writer and one reader. Paths (SI units):
+
+- ``entry_1/instrument_1/detector_1/data`` (N, H, W) photon counts, DC at the
+  centre, with ``distance``, ``x_pixel_size``, ``y_pixel_size``,
+  ``basis_vectors``, ``corner_position`` and ``mask`` (uint32 bit field);
+- ``entry_1/sample_1/geometry_1/translation`` (N, 3) in m as (x, y, z);
+- ``entry_1/data_1/data`` and ``entry_1/data_1/translation``: links to those;
+- ``entry_1/instrument_1/source_1/energy`` in J, and ``illumination`` (the
+  probe guess, where there is one);
+- ``entry_1/image_1/data`` the probe, ``entry_1/image_2/data`` the object,
+  each with ``data_type``, ``data_space``, ``image_size`` (m) and
+  ``is_fft_shifted``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..core.geometry import EV_TO_J
+
+CXI_VERSION = 160
+MASK_INVALID = 0x1
+
+
+@dataclass
+class CxiData:
+    """What a ptychography CXI file holds.
+
+    Attributes
+    ----------
+    frames : (N, H, W) float32
+        Photon counts, DC at the centre.
+    translations_m : (N, 3) float64
+        (x, y, z) of the sample in m.
+    energy_ev : float
+    distance_m : float
+    pixel_size_m : (float, float)
+        (y, x) detector pixel size of the frames in m.
+    mask : (H, W) uint32, optional
+        CXI bit field, 0 = good.
+    probe : (H, W) complex64, optional
+    object : (Y, X) complex64, optional
+    object_pixel_size_m : float, optional
+    illumination : (H, W) complex64, optional
+        A probe guess (``source_1/illumination``).
+    """
+
+    frames: np.ndarray
+    translations_m: np.ndarray
+    energy_ev: float
+    distance_m: float
+    pixel_size_m: tuple[float, float]
+    mask: np.ndarray | None = None
+    probe: np.ndarray | None = None
+    object: np.ndarray | None = None
+    object_pixel_size_m: float | None = None
+    illumination: np.ndarray | None = None
+
+
+def write_cxi(path: str | os.PathLike, data: CxiData) -> Path:
+    """Write *data* to a new CXI 1.6 file at *path*; return the path.
+
+    Raises
+    ------
+    ValueError
+        When the arrays disagree (number of frames and translations, frame and
+        probe shapes), naming what disagrees.
+    """
+    path = Path(path)
+    n = len(data.frames)
+    t = np.asarray(data.translations_m, dtype=np.float64)
+    if t.shape != (n, 3):
+        raise ValueError(f"translations_m has shape {t.shape}; expected ({n}, 3) for {n} frames")
+    if data.probe is not None and data.probe.shape[-2:] != data.frames.shape[-2:]:
+        raise ValueError(
+            f"probe shape {data.probe.shape} does not match the frames' {data.frames.shape[-2:]}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ps_y, ps_x = data.pixel_size_m
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cxi_version", data=CXI_VERSION)
+        e = f.create_group("entry_1")
+        inst = e.create_group("instrument_1")
+        src = inst.create_group("source_1")
+        src.create_dataset("energy", data=data.energy_ev * EV_TO_J)
+        src["energy"].attrs["units"] = "J"
+        if data.illumination is not None:
+            src.create_dataset("illumination", data=np.asarray(data.illumination, np.complex64))
+        det = inst.create_group("detector_1")
+        d = det.create_dataset("data", data=np.asarray(data.frames, np.float32), chunks=True)
+        d.attrs["axes"] = "translation:y:x"
+        det.create_dataset("distance", data=data.distance_m)
+        det.create_dataset("x_pixel_size", data=ps_x)
+        det.create_dataset("y_pixel_size", data=ps_y)
+        det.create_dataset("basis_vectors", data=np.array([[0, -ps_y, 0], [-ps_x, 0, 0]], float))
+        h, w = data.frames.shape[-2:]
+        det.create_dataset(
+            "corner_position", data=np.array([w / 2 * ps_x, h / 2 * ps_y, data.distance_m])
+        )
+        if data.mask is not None:
+            det.create_dataset("mask", data=np.asarray(data.mask, np.uint32))
+        geo = e.create_group("sample_1").create_group("geometry_1")
+        geo.create_dataset("translation", data=t)
+        d1 = e.create_group("data_1")
+        d1["data"] = h5py.SoftLink("/entry_1/instrument_1/detector_1/data")
+        d1["translation"] = h5py.SoftLink("/entry_1/sample_1/geometry_1/translation")
+        if data.probe is not None:
+            pix = data.object_pixel_size_m or 0.0
+            _image(e, "image_1", data.probe, "amplitude", pix)
+        if data.object is not None:
+            pix = data.object_pixel_size_m or 0.0
+            _image(e, "image_2", data.object, "electron density", pix)
+    return path
+
+
+def _image(entry: h5py.Group, name: str, arr: np.ndarray, kind: str, pixel_m: float) -> None:
+    g = entry.create_group(name)
+    g.create_dataset("data", data=np.asarray(arr, np.complex64))
+    g.create_dataset("data_type", data=kind)
+    g.create_dataset("data_space", data="real")
+    g.create_dataset("is_fft_shifted", data=0)
+    g.create_dataset("image_size", data=np.array([arr.shape[-2] * pixel_m, arr.shape[-1] * pixel_m]))
+    g.create_dataset("image_center", data=np.array([arr.shape[-2] / 2, arr.shape[-1] / 2, 0.0]))
+
+
+def read_cxi(path: str | os.PathLike) -> CxiData:
+    """Read a ptychography CXI file.
+
+    Raises
+    ------
+    ValueError
+        When a required field is missing or inconsistent, naming the HDF5 path
+        and what was expected.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+
+        def need(p: str) -> h5py.Dataset:
+            if p not in f:
+                raise ValueError(f"{path}: missing {p!r} (required by CXI ptychography readers)")
+            return f[p]
+
+        frames = np.asarray(need("entry_1/data_1/data")[()], np.float32)
+        trans = np.asarray(need("entry_1/data_1/translation")[()], np.float64)
+        if trans.ndim != 2 or trans.shape[1] != 3 or len(trans) != len(frames):
+            raise ValueError(
+                f"{path}: entry_1/data_1/translation has shape {trans.shape}; expected "
+                f"({len(frames)}, 3), (x, y, z) in m for each frame"
+            )
+        det = "entry_1/instrument_1/detector_1"
+        energy_j = float(need("entry_1/instrument_1/source_1/energy")[()])
+        out = CxiData(
+            frames=frames,
+            translations_m=trans,
+            energy_ev=energy_j / EV_TO_J,
+            distance_m=float(need(f"{det}/distance")[()]),
+            pixel_size_m=(float(need(f"{det}/y_pixel_size")[()]), float(need(f"{det}/x_pixel_size")[()])),
+        )
+        if f"{det}/mask" in f:
+            out.mask = f[f"{det}/mask"][()]
+        if "entry_1/instrument_1/source_1/illumination" in f:
+            out.illumination = f["entry_1/instrument_1/source_1/illumination"][()]
+        if "entry_1/image_1/data" in f:
+            out.probe = f["entry_1/image_1/data"][()]
+        if "entry_1/image_2/data" in f:
+            obj = f["entry_1/image_2/data"][()]
+            out.object = obj
+            size = f.get("entry_1/image_2/image_size")
+            if size is not None and obj.shape[-1]:
+                out.object_pixel_size_m = float(np.asarray(size)[-1]) / obj.shape[-1]
+    return out

@@ -1,0 +1,159 @@
+"""Detector frames in HDF5, as an area detector's HDF5 file plugin writes them.
+
+:class:`FrameFileWriter` appends frames to one dataset of a growing SWMR file
+and says, for each frame, which index it went to; :class:`StreamFrameReader`
+follows the StreamResource/StreamDatum documents that point into such files
+and reads the frames a StreamDatum names. See docs/decisions/0003.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+MIMETYPE = "application/x-hdf5"
+DATASET = "/entry/data/data"
+
+# One lock for every h5py call made by this module: the device writes on the
+# RunEngine's thread while stages read on theirs, and HDF5 allows one file
+# open per process only through the same handle.
+_H5_LOCK = threading.RLock()
+_OPEN_WRITERS: dict[str, FrameFileWriter] = {}
+
+
+class FrameFileWriter:
+    """Append frames of one shape and dtype to ``/entry/data/data`` in an HDF5 file.
+
+    The file is opened in SWMR mode, so readers in other processes see each
+    frame once it is flushed; readers in this process go through the writer's
+    own handle (HDF5 does not allow opening a file twice in one process).
+
+    Parameters
+    ----------
+    path : path-like
+        File to create (its folder is created); an existing file is refused.
+    frame_shape : tuple of int
+    dtype : numpy dtype
+    """
+
+    def __init__(self, path: str | os.PathLike, frame_shape: tuple[int, ...], dtype: str) -> None:
+        self.path = Path(path).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            raise FileExistsError(f"{self.path} exists already: frames are never overwritten")
+        self.frame_shape = tuple(frame_shape)
+        self.dtype = np.dtype(dtype)
+        with _H5_LOCK:
+            self._file = h5py.File(self.path, "w", libver="latest")
+            self._ds = self._file.create_dataset(
+                DATASET,
+                shape=(0, *self.frame_shape),
+                maxshape=(None, *self.frame_shape),
+                dtype=self.dtype,
+                chunks=(1, *self.frame_shape),
+            )
+            self._file.swmr_mode = True
+            _OPEN_WRITERS[str(self.path)] = self
+        self.count = 0
+
+    def append(self, frame: np.ndarray) -> int:
+        """Write one frame; return its index in the dataset."""
+        if frame.shape != self.frame_shape:
+            raise ValueError(f"frame of shape {frame.shape} given, the file holds {self.frame_shape}")
+        with _H5_LOCK:
+            i = self.count
+            self._ds.resize(i + 1, axis=0)
+            self._ds[i] = frame
+            self._ds.flush()
+            self.count = i + 1
+        return i
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` through the writer's handle."""
+        with _H5_LOCK:
+            return self._ds[start:stop]
+
+    def close(self) -> None:
+        """Close the file (further reads open it read-only)."""
+        with _H5_LOCK:
+            _OPEN_WRITERS.pop(str(self.path), None)
+            if self._file.id.valid:
+                self._file.close()
+
+    def stream_resource_parameters(self) -> dict:
+        """The StreamResource ``parameters`` that describe this file."""
+        return {
+            "dataset": DATASET,
+            "chunk_shape": [1, *self.frame_shape],
+            "join_method": "stack",
+            "swmr": True,
+        }
+
+
+def read_frames(uri_or_path: str, dataset: str, start: int, stop: int) -> np.ndarray:
+    """Frames ``start:stop`` of *dataset* in an HDF5 file (a path or a ``file://`` URI).
+
+    Goes through the open writer when this process is writing the file.
+    """
+    path = str(_path_from_uri(uri_or_path))
+    with _H5_LOCK:
+        writer = _OPEN_WRITERS.get(path)
+        if writer is not None and dataset == DATASET:
+            return writer.read(start, stop)
+        with h5py.File(path, "r", swmr=True) as f:
+            ds = f[dataset]
+            ds.refresh()
+            if stop > ds.shape[0]:
+                raise IndexError(
+                    f"{path}:{dataset} holds {ds.shape[0]} frames; frames {start}:{stop} asked for"
+                )
+            return ds[start:stop]
+
+
+def _path_from_uri(uri: str) -> Path:
+    if uri.startswith("file://"):
+        rest = uri[len("file://") :]
+        # file://localhost/abs/path or file:///abs/path
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost") :]
+        return Path(rest)
+    return Path(uri)
+
+
+class StreamFrameReader:
+    """Reads the frames that StreamDatum documents point to.
+
+    Feed it every ``stream_resource`` and ``stream_datum`` document of a run;
+    :meth:`frames` returns the frames of one StreamDatum.
+    """
+
+    def __init__(self) -> None:
+        self._resources: dict[str, dict] = {}
+
+    def stream_resource(self, doc: dict) -> None:
+        """Remember a StreamResource."""
+        if doc.get("mimetype") != MIMETYPE:
+            raise ValueError(
+                f"stream_resource {doc.get('uid')} has mimetype {doc.get('mimetype')!r}; "
+                f"this reader handles {MIMETYPE!r}"
+            )
+        self._resources[doc["uid"]] = doc
+
+    def data_key(self, datum: dict) -> str:
+        """The data key a StreamDatum's resource holds."""
+        return self._resources[datum["stream_resource"]]["data_key"]
+
+    def frames(self, datum: dict) -> np.ndarray:
+        """The frames ``(k, ...)`` of a StreamDatum."""
+        res = self._resources.get(datum["stream_resource"])
+        if res is None:
+            raise KeyError(
+                f"stream_datum {datum.get('uid')} names stream_resource "
+                f"{datum['stream_resource']}, which this run has not announced"
+            )
+        idx = datum["indices"]
+        return read_frames(res["uri"], res["parameters"]["dataset"], idx["start"], idx["stop"])
