@@ -63,7 +63,9 @@ def ptycho_scan(
         At call time, before any run opens, for a bad parameter; the message
         names the parameter, the value and the fix.
     """
-    pts = _validated_positions(detector, stage, num_points, step, pattern, num_darks, center, positions, energy)
+    pts = _validated_positions(
+        detector, stage, num_points, step, pattern, num_darks, center, positions, energy
+    )
     detector.check_configured()
     g = detector.geometry()
     e = float(energy) if energy is not None else g.energy_ev
@@ -88,8 +90,12 @@ def ptycho_scan(
     }
     _md = {
         "plan_name": "ptycho_scan",
-        "plan_args": {"num_points": len(pts), "step": step, "pattern": ptycho_md["pattern"],
-                      "num_darks": num_darks},
+        "plan_args": {
+            "num_points": len(pts),
+            "step": step,
+            "pattern": ptycho_md["pattern"],
+            "num_darks": num_darks,
+        },
         "detectors": [detector.name],
         "motors": [stage.x.name, stage.y.name],
         "num_points": len(pts),
@@ -118,7 +124,7 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md):  # type: ignore
             yield from bps.mv(stage.x, float(x), stage.y, float(y))
             yield from bps.trigger_and_read([detector, stage.x, stage.y], name="primary")
         yield from bps.unstage(detector)
-        return md  # noqa: B901
+        return md
 
     def cleanup():  # type: ignore[no-untyped-def]
         yield from bps.mv(shutter, "closed")
@@ -152,7 +158,9 @@ def _validated_positions(
         if not (isinstance(step, int | float) and step > 0):
             raise ValueError(f"ptycho_scan: step={step!r} must be positive, in m (e.g. 100e-9)")
         if pattern not in PATTERNS:
-            raise ValueError(f"ptycho_scan: pattern={pattern!r} is not known; use one of {PATTERNS}")
+            raise ValueError(
+                f"ptycho_scan: pattern={pattern!r} is not known; use one of {PATTERNS}"
+            )
         pts = scan_positions(pattern, int(num_points), float(step)) + np.asarray(center, float)
     for axis, col in ((stage.x, 0), (stage.y, 1)):
         lo, hi = axis.limits

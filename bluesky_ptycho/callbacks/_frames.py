@@ -42,7 +42,11 @@ class RawFrames:
             return None
         frames = self.reader.frames(doc)
         s = doc["seq_nums"]
-        return self.streams.get(doc["descriptor"], "primary"), list(range(s["start"], s["stop"])), frames
+        return (
+            self.streams.get(doc["descriptor"], "primary"),
+            list(range(s["start"], s["stop"])),
+            frames,
+        )
 
     def from_event_page(self, doc: dict) -> tuple[str, list[int], list[Any] | None, dict]:
         """(stream, seq_nums, inline frames or None, data columns) of an EventPage."""

@@ -46,7 +46,9 @@ class Stage(DocumentRouter):
         self._queue: queue.Queue = queue.Queue()
         self.errors: list[str] = []
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"stage-{self.stage_name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"stage-{self.stage_name}", daemon=True
+        )
         self._thread.start()
 
     # -- wiring ---------------------------------------------------------------
@@ -101,7 +103,9 @@ class Stage(DocumentRouter):
             fn()
         except Exception as err:
             self.errors.append(f"{type(err).__name__}: {err}")
-            self.log.exception("stage %s failed; it goes on with the next document", self.stage_name)
+            self.log.exception(
+                "stage %s failed; it goes on with the next document", self.stage_name
+            )
 
     # Documents a stage does not care about pass by quietly.
     def start(self, doc: dict) -> None:
@@ -191,9 +195,7 @@ class DerivedRun:
             self._descriptors[stream] = bundle
             self.stage.publish("descriptor", bundle.descriptor_doc)
         now = time.time()
-        ev = self._descriptors[stream].compose_event(
-            data=data, timestamps={k: now for k in data}
-        )
+        ev = self._descriptors[stream].compose_event(data=data, timestamps={k: now for k in data})
         self.stage.publish("event", ev)
         return ev
 
@@ -202,4 +204,6 @@ class DerivedRun:
         if self.stopped:
             return
         self.stopped = True
-        self.stage.publish("stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason))
+        self.stage.publish(
+            "stop", self._bundle.compose_stop(exit_status=exit_status, reason=reason)
+        )

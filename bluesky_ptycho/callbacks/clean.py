@@ -96,7 +96,7 @@ class FrameCleaner(Stage):
             return
         if self._raw is None or self._raw.streams.get(doc["descriptor"]) != "primary":
             return
-        stream, seq, frames, data = self._raw.from_event_page(doc)
+        _stream, seq, frames, data = self._raw.from_event_page(doc)
         xs = data.get(self._raw.x_key, [np.nan] * len(seq))
         ys = data.get(self._raw.y_key, [np.nan] * len(seq))
         for i, s in enumerate(seq):
@@ -140,8 +140,15 @@ class FrameCleaner(Stage):
             self.log.warning("frame of point %d flagged: %s", point, why)
             self._out.event(
                 "cleaned",
-                {"frame": np.zeros((n, n), np.float32), "point": int(point), "x": x, "y": y,
-                 "valid": False, "flag": why, "photons": 0.0},
+                {
+                    "frame": np.zeros((n, n), np.float32),
+                    "point": int(point),
+                    "x": x,
+                    "y": y,
+                    "valid": False,
+                    "flag": why,
+                    "photons": 0.0,
+                },
             )
 
     def _clean(self, batch: list) -> None:
@@ -169,6 +176,13 @@ class FrameCleaner(Stage):
             self.n_cleaned += 1
             self._out.event(
                 "cleaned",
-                {"frame": f, "point": int(point), "x": x, "y": y, "valid": True, "flag": "",
-                 "photons": float(f.sum())},
+                {
+                    "frame": f,
+                    "point": int(point),
+                    "x": x,
+                    "y": y,
+                    "valid": True,
+                    "flag": "",
+                    "photons": float(f.sum()),
+                },
             )

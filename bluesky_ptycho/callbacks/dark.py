@@ -82,7 +82,9 @@ class DarkStatistics(Stage):
         if self._out is not None or self._source is None or self.stats is None:
             return
         res = self.stats.result(self.settings)
-        self._out = DerivedRun(self, self._source, {"dark_settings": {"max_std_adu": self.settings.max_std_adu}})
+        self._out = DerivedRun(
+            self, self._source, {"dark_settings": {"max_std_adu": self.settings.max_std_adu}}
+        )
         self._out.event(
             "dark",
             {

@@ -43,7 +43,11 @@ class CxiExport(DocumentRouter):
         if stream == "cleaned":
             for i, ok in enumerate(d["valid"]):
                 if ok:
-                    self._frames[int(d["point"][i])] = (np.asarray(d["frame"][i]), d["x"][i], d["y"][i])
+                    self._frames[int(d["point"][i])] = (
+                        np.asarray(d["frame"][i]),
+                        d["x"][i],
+                        d["y"][i],
+                    )
         elif stream == "snapshot" and any(d["final"]):
             self._final = {k: v[-1] for k, v in d.items()}
 
@@ -56,14 +60,22 @@ class CxiExport(DocumentRouter):
             return
         frames = np.stack([self._frames[p][0] for p in points]).astype(np.float32)
         trans = np.array([[self._frames[p][1], self._frames[p][2], 0.0] for p in points])
-        g = Geometry(energy_ev=md["energy_ev"], distance_m=md["distance_m"],
-                     pixel_size_m=md["pixel_size_m"], crop_px=md["crop_px"], frame_px=md["frame_px"])
+        g = Geometry(
+            energy_ev=md["energy_ev"],
+            distance_m=md["distance_m"],
+            pixel_size_m=md["pixel_size_m"],
+            crop_px=md["crop_px"],
+            frame_px=md["frame_px"],
+        )
         ps = g.frame_pixel_size_m
         self.path = write_cxi(
             self.target,
             CxiData(
-                frames=frames, translations_m=trans, energy_ev=md["energy_ev"],
-                distance_m=md["distance_m"], pixel_size_m=(ps, ps),
+                frames=frames,
+                translations_m=trans,
+                energy_ev=md["energy_ev"],
+                distance_m=md["distance_m"],
+                pixel_size_m=(ps, ps),
                 mask=np.zeros(frames.shape[1:], np.uint32),
                 probe=None if self._final is None else self._final["probe"],
                 object=None if self._final is None else self._final["object"],

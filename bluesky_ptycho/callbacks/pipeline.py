@@ -97,7 +97,9 @@ class Pipeline:
         clean.subscribe(recon)
         export = None
         if self.output_dir is not None:
-            export = CxiExport(self.output_dir / f"scan_{start.get('scan_id', start['uid'][:8])}.cxi")
+            export = CxiExport(
+                self.output_dir / f"scan_{start.get('scan_id', start['uid'][:8])}.cxi"
+            )
             clean.subscribe(export)
             recon.subscribe(export)
         stages = [dark, clean, recon]

@@ -87,23 +87,39 @@ class StreamingReconstruction(Stage):
             return
         md = doc["ptycho"]
         g = Geometry(
-            energy_ev=md["energy_ev"], distance_m=md["distance_m"], pixel_size_m=md["pixel_size_m"],
-            crop_px=md["crop_px"], frame_px=md["frame_px"],
+            energy_ev=md["energy_ev"],
+            distance_m=md["distance_m"],
+            pixel_size_m=md["pixel_size_m"],
+            crop_px=md["crop_px"],
+            frame_px=md["frame_px"],
         )
         positions = np.asarray(md["positions_m"], dtype=np.float64)
         self.grid = object_grid(positions, g.object_pixel_size_m, g.frame_px, margin_px=16)
         probe = self.xp.asarray(fzp_probe(g, ZonePlate(**md.get("zone_plate", {}))))
-        self.engine = StreamingEpie(self.grid.to_pixels(positions), self.grid.shape, probe, self.options)
+        self.engine = StreamingEpie(
+            self.grid.to_pixels(positions), self.grid.shape, probe, self.options
+        )
         self._t0 = time.monotonic()
         self._out = DerivedRun(
-            self, doc,
-            {"ptycho": md, "object_grid": {"shape": list(self.grid.shape),
-                                           "origin_m": list(self.grid.origin_m),
-                                           "pixel_size_m": self.grid.pixel_size_m},
-             "algorithm": "epie", "options": vars(self.options)},
+            self,
+            doc,
+            {
+                "ptycho": md,
+                "object_grid": {
+                    "shape": list(self.grid.shape),
+                    "origin_m": list(self.grid.origin_m),
+                    "pixel_size_m": self.grid.pixel_size_m,
+                },
+                "algorithm": "epie",
+                "options": vars(self.options),
+            },
         )
-        self.log.info("allocated %d frames of %s, object %s", len(positions), (g.frame_px,) * 2,
-                      self.grid.shape)
+        self.log.info(
+            "allocated %d frames of %s, object %s",
+            len(positions),
+            (g.frame_px,) * 2,
+            self.grid.shape,
+        )
 
     def event_page(self, doc: dict) -> None:
         if self.engine is None or self.grid is None or "frame" not in doc["data"]:
@@ -115,13 +131,17 @@ class StreamingReconstruction(Stage):
         in_range = (points >= 0) & (points < n)
         for p in points[~in_range]:
             self.flags[int(p)] = "point index outside the scan"
-        for p, why in zip(points[in_range & ~valid], np.asarray(d["flag"])[in_range & ~valid], strict=True):
+        for p, why in zip(
+            points[in_range & ~valid], np.asarray(d["flag"])[in_range & ~valid], strict=True
+        ):
             self.flags[int(p)] = str(why)
             self.engine.flag([p])
         ok = in_range & valid
         if not ok.any():
             return
-        frames = np.stack([np.asarray(f, np.float32) for f, k in zip(d["frame"], ok, strict=True) if k])
+        frames = np.stack(
+            [np.asarray(f, np.float32) for f, k in zip(d["frame"], ok, strict=True) if k]
+        )
         finite = np.isfinite(frames).all(axis=(1, 2))
         for p in points[ok][~finite]:
             self.flags[int(p)] = "non-finite values after cleaning"
@@ -129,10 +149,14 @@ class StreamingReconstruction(Stage):
         frames, pts = frames[finite], points[ok][finite]
         if not len(pts):
             return
-        xy = np.stack([np.asarray(d["x"], float)[ok][finite], np.asarray(d["y"], float)[ok][finite]], 1)
+        xy = np.stack(
+            [np.asarray(d["x"], float)[ok][finite], np.asarray(d["y"], float)[ok][finite]], 1
+        )
         pos = None if np.isnan(xy).any() else self.grid.to_pixels(xy)
         if not self._scaled:
-            self.engine.probe = probe_from_counts(self.engine.probe, float(frames.sum(axis=(1, 2)).mean()))
+            self.engine.probe = probe_from_counts(
+                self.engine.probe, float(frames.sum(axis=(1, 2)).mean())
+            )
             self._scaled = True
         self.engine.add_frames(pts, frames, pos)
 
@@ -157,9 +181,15 @@ class StreamingReconstruction(Stage):
         assert self.engine is not None and self._out is not None
         err = self.engine.iterate(1)
         if err:
-            self._out.event("iteration", {"epoch": int(self.engine.epoch), "data_error": float(err[0]),
-                                          "n_measured": int(self.engine.n_measured),
-                                          "elapsed": time.monotonic() - self._t0})
+            self._out.event(
+                "iteration",
+                {
+                    "epoch": int(self.engine.epoch),
+                    "data_error": float(err[0]),
+                    "n_measured": int(self.engine.n_measured),
+                    "elapsed": time.monotonic() - self._t0,
+                },
+            )
         if self._source_done:
             self._epochs_after += 1
             if self._epochs_after >= self.final_epochs:
@@ -171,22 +201,32 @@ class StreamingReconstruction(Stage):
     def _snapshot(self, final: bool) -> None:
         assert self.engine is not None and self._out is not None
         self._last_snapshot = time.monotonic()
-        self._out.event("snapshot", {
-            "object": to_numpy(self.engine.object), "probe": to_numpy(self.engine.probe),
-            "epoch": int(self.engine.epoch), "n_measured": int(self.engine.n_measured),
-            "data_error": float(self.engine.errors[-1]) if self.engine.errors else float("nan"),
-            "final": bool(final),
-        })
+        self._out.event(
+            "snapshot",
+            {
+                "object": to_numpy(self.engine.object),
+                "probe": to_numpy(self.engine.probe),
+                "epoch": int(self.engine.epoch),
+                "n_measured": int(self.engine.n_measured),
+                "data_error": float(self.engine.errors[-1]) if self.engine.errors else float("nan"),
+                "final": bool(final),
+            },
+        )
 
     def _finish(self) -> None:
         assert self._out is not None
         if self.engine is not None and self.grid is not None:
             self._snapshot(final=True)
             self.result = ReconstructionResult(
-                object=to_numpy(self.engine.object), probe=to_numpy(self.engine.probe), grid=self.grid,
-                errors=list(self.engine.errors), weights=to_numpy(self.engine.weights),
-                illumination=to_numpy(self.engine.illumination()), flags=dict(self.flags),
-                epochs=self.engine.epoch, seconds=time.monotonic() - self._t0,
+                object=to_numpy(self.engine.object),
+                probe=to_numpy(self.engine.probe),
+                grid=self.grid,
+                errors=list(self.engine.errors),
+                weights=to_numpy(self.engine.weights),
+                illumination=to_numpy(self.engine.illumination()),
+                flags=dict(self.flags),
+                epochs=self.engine.epoch,
+                seconds=time.monotonic() - self._t0,
             )
         self._out.stop()
         self.close()

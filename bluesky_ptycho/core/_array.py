@@ -54,8 +54,7 @@ def backend(device: str) -> Any:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as err:  # CUDA driver missing or broken
             raise RuntimeError(
-                f"device='gpu': CuPy is installed but CUDA is not usable ({err}); "
-                "use device='cpu'"
+                f"device='gpu': CuPy is installed but CUDA is not usable ({err}); use device='cpu'"
             ) from err
         if n == 0:
             raise RuntimeError("device='gpu': CuPy sees no CUDA device; use device='cpu'")

@@ -55,7 +55,9 @@ class CleanSettings:
         if not self.adu_per_photon > 0:
             raise ValueError(f"CleanSettings.adu_per_photon={self.adu_per_photon} must be > 0")
         if self.overscan_order not in (0, 1, 2):
-            raise ValueError(f"CleanSettings.overscan_order={self.overscan_order} must be 0, 1 or 2")
+            raise ValueError(
+                f"CleanSettings.overscan_order={self.overscan_order} must be 0, 1 or 2"
+            )
         lo, hi = self.overscan_skip_rows
         if lo < 0 or hi < 0 or lo + hi > fccd.CLOCKED_ROWS - 10:
             raise ValueError(
@@ -127,7 +129,9 @@ def center_of_mass(frames: Array) -> tuple[float, float]:
     total = frames.sum(axis=0)
     s = float(total.sum())
     if s <= 0:
-        raise ValueError("cannot find the pattern centre: the frames hold no signal above threshold")
+        raise ValueError(
+            "cannot find the pattern centre: the frames hold no signal above threshold"
+        )
     rows = xp.arange(total.shape[0], dtype=xp.float64)
     cols = xp.arange(total.shape[1], dtype=xp.float64)
     return float(total.sum(axis=1) @ rows) / s, float(total.sum(axis=0) @ cols) / s
@@ -152,6 +156,7 @@ def _window(m: int, width: float, xp: object) -> Array:
     f = np.fft.fftfreq(m) * m
     r = np.hypot(f[:, None], f[None, :])
     w = (erf((0.99 * m / 2 - r) / width) + 1) / 2
+    w /= w[0, 0]  # 1 at DC, so that photon totals are kept whatever m and width
     return get_xp(xp).asarray(w.astype(np.float32)) if xp is not np else w.astype(np.float32)
 
 

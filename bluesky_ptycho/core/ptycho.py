@@ -285,7 +285,9 @@ class StreamingEpie:
                 f"{self.object.shape}: allocate it with object_grid() from all positions"
             )
 
-    def add_frames(self, indices: Array, intensities: Array, positions: Array | None = None) -> None:
+    def add_frames(
+        self, indices: Array, intensities: Array, positions: Array | None = None
+    ) -> None:
         """Give measured frames to the solver (weight 1 from now on).
 
         Parameters
@@ -319,7 +321,9 @@ class StreamingEpie:
         return int((self.weights > 0).sum())
 
     # -- iterations -----------------------------------------------------------
-    def iterate(self, epochs: int = 1, should_stop: Callable[[], bool] | None = None) -> list[float]:
+    def iterate(
+        self, epochs: int = 1, should_stop: Callable[[], bool] | None = None
+    ) -> list[float]:
         """Run *epochs* passes over the measured frames; return the data error of each.
 
         The data error is ``Σ (|Ψ| − √I)² / Σ I`` over valid pixels of the

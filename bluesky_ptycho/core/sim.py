@@ -192,6 +192,28 @@ class SimulatedSample:
         self.object = test_object(self.grid.shape, np.random.default_rng(self.seed))
         self.probe = fzp_probe(g, self.zone_plate)
 
+    def object_on(self, grid: ObjectGrid) -> np.ndarray:
+        """The true object on another grid of the same pixel size (a reconstruction's).
+
+        Both grids' origins are whole multiples of the pixel size (see
+        :func:`object_grid`), so this is a crop; pixels outside the simulated
+        sample are 1 (empty).
+        """
+        if not np.isclose(grid.pixel_size_m, self.grid.pixel_size_m, rtol=1e-9):
+            raise ValueError(
+                f"grid pixel {grid.pixel_size_m} m differs from the sample's {self.grid.pixel_size_m} m"
+            )
+        dx = self.grid.pixel_size_m
+        oy = round((grid.origin_m[1] - self.grid.origin_m[1]) / dx)
+        ox = round((grid.origin_m[0] - self.grid.origin_m[0]) / dx)
+        out = np.ones(grid.shape, dtype=np.complex64)
+        ys, xs = (
+            slice(max(oy, 0), min(oy + grid.shape[0], self.grid.shape[0])),
+            slice(max(ox, 0), min(ox + grid.shape[1], self.grid.shape[1])),
+        )
+        out[ys.start - oy : ys.stop - oy, xs.start - ox : xs.stop - ox] = self.object[ys, xs]
+        return out
+
     def intensity(self, position_m: tuple[float, float], photons: float) -> np.ndarray:
         """Noise-free detector intensity at a stage position (x, y) in m.
 
@@ -204,8 +226,10 @@ class SimulatedSample:
         g = self.geometry
         pos = self.grid.to_pixels(np.asarray([position_m], dtype=np.float64))
         h = g.frame_px
-        if (pos < 0).any() or (pos[:, 0] > self.grid.shape[0] - h - 1) or (
-            pos[:, 1] > self.grid.shape[1] - h - 1
+        if (
+            (pos < 0).any()
+            or (pos[:, 0] > self.grid.shape[0] - h - 1)
+            or (pos[:, 1] > self.grid.shape[1] - h - 1)
         ):
             raise ValueError(
                 f"stage position {position_m} m lies outside the simulated sample "
@@ -297,7 +321,11 @@ class FCCDNoiseModel:
             photons *= np.float32(self.adu_per_photon)
             image = np.zeros(fccd.IMAGE_SHAPE, dtype=np.float32)
             h, w = photons.shape
-            cy, cx = center if center is not None else (fccd.IMAGE_SHAPE[0] // 2, fccd.IMAGE_SHAPE[1] // 2)
+            cy, cx = (
+                center
+                if center is not None
+                else (fccd.IMAGE_SHAPE[0] // 2, fccd.IMAGE_SHAPE[1] // 2)
+            )
             y0, x0 = cy - h // 2, cx - w // 2
             if y0 < 0 or x0 < 0 or y0 + h > fccd.IMAGE_SHAPE[0] or x0 + w > fccd.IMAGE_SHAPE[1]:
                 raise ValueError(

@@ -171,7 +171,10 @@ class SimFCCD(Device):
                     assert self._writer is not None
                     i = self._writer.append(frame)
                     self._asset_docs.append(
-                        ("stream_datum", dict(self._compose_datum(indices={"start": i, "stop": i + 1})))
+                        (
+                            "stream_datum",
+                            dict(self._compose_datum(indices={"start": i, "stop": i + 1})),
+                        )
                     )
                 self.frame_number.put(next(self._frame_counter))
                 self.total_adu.put(float(frame.sum(dtype=np.int64)))
@@ -186,7 +189,9 @@ class SimFCCD(Device):
         threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
         return status
 
-    def simulate_frame(self, position: tuple[float, float], shutter_open: bool, photons: float) -> np.ndarray:
+    def simulate_frame(
+        self, position: tuple[float, float], shutter_open: bool, photons: float
+    ) -> np.ndarray:
         """One raw frame at a stage position (x, y) in m; a dark frame when the shutter is closed."""
         if self._noise is None:
             self._noise = FCCDNoiseModel.for_energy(float(self.energy.get()))

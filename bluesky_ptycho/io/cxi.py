@@ -126,7 +126,9 @@ def _image(entry: h5py.Group, name: str, arr: np.ndarray, kind: str, pixel_m: fl
     g.create_dataset("data_type", data=kind)
     g.create_dataset("data_space", data="real")
     g.create_dataset("is_fft_shifted", data=0)
-    g.create_dataset("image_size", data=np.array([arr.shape[-2] * pixel_m, arr.shape[-1] * pixel_m]))
+    g.create_dataset(
+        "image_size", data=np.array([arr.shape[-2] * pixel_m, arr.shape[-1] * pixel_m])
+    )
     g.create_dataset("image_center", data=np.array([arr.shape[-2] / 2, arr.shape[-1] / 2, 0.0]))
 
 
@@ -161,7 +163,10 @@ def read_cxi(path: str | os.PathLike) -> CxiData:
             translations_m=trans,
             energy_ev=energy_j / EV_TO_J,
             distance_m=float(need(f"{det}/distance")[()]),
-            pixel_size_m=(float(need(f"{det}/y_pixel_size")[()]), float(need(f"{det}/x_pixel_size")[()])),
+            pixel_size_m=(
+                float(need(f"{det}/y_pixel_size")[()]),
+                float(need(f"{det}/x_pixel_size")[()]),
+            ),
         )
         if f"{det}/mask" in f:
             out.mask = f[f"{det}/mask"][()]

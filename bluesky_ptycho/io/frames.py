@@ -63,7 +63,9 @@ class FrameFileWriter:
     def append(self, frame: np.ndarray) -> int:
         """Write one frame; return its index in the dataset."""
         if frame.shape != self.frame_shape:
-            raise ValueError(f"frame of shape {frame.shape} given, the file holds {self.frame_shape}")
+            raise ValueError(
+                f"frame of shape {frame.shape} given, the file holds {self.frame_shape}"
+            )
         with _H5_LOCK:
             i = self.count
             self._ds.resize(i + 1, axis=0)

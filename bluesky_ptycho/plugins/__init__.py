@@ -35,5 +35,7 @@ def load_stage(name: str) -> type:
     eps = _entry_points()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none: is bluesky_ptycho installed (pip install -e .)?"
-        raise LookupError(f"no stage named {name!r} is installed (entry-point group {GROUP!r}); known: {known}")
+        raise LookupError(
+            f"no stage named {name!r} is installed (entry-point group {GROUP!r}); known: {known}"
+        )
     return eps[name].load()

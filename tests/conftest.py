@@ -1,0 +1,38 @@
+"""Shared fixtures: array backends (NumPy always, CuPy where a GPU is present)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _cupy_or_none():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:
+        return None
+    return None
+
+
+CUPY = _cupy_or_none()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(np, id="numpy"),
+        pytest.param(
+            CUPY,
+            id="cupy",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(CUPY is None, reason="CuPy with a CUDA device is not available"),
+            ],
+        ),
+    ]
+)
+def xp(request):
+    """The array module under test."""
+    return request.param
