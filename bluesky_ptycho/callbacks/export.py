@@ -60,13 +60,7 @@ class CxiExport(DocumentRouter):
             return
         frames = np.stack([self._frames[p][0] for p in points]).astype(np.float32)
         trans = np.array([[self._frames[p][1], self._frames[p][2], 0.0] for p in points])
-        g = Geometry(
-            energy_ev=md["energy_ev"],
-            distance_m=md["distance_m"],
-            pixel_size_m=md["pixel_size_m"],
-            crop_px=md["crop_px"],
-            frame_px=md["frame_px"],
-        )
+        g = Geometry.from_metadata(md)
         ps = g.frame_pixel_size_m
         self.path = write_cxi(
             self.target,

@@ -86,13 +86,7 @@ class StreamingReconstruction(Stage):
         if doc.get("stage") != "frame_cleaning":
             return
         md = doc["ptycho"]
-        g = Geometry(
-            energy_ev=md["energy_ev"],
-            distance_m=md["distance_m"],
-            pixel_size_m=md["pixel_size_m"],
-            crop_px=md["crop_px"],
-            frame_px=md["frame_px"],
-        )
+        g = Geometry.from_metadata(md)
         positions = np.asarray(md["positions_m"], dtype=np.float64)
         self.grid = object_grid(positions, g.object_pixel_size_m, g.frame_px, margin_px=16)
         probe = self.xp.asarray(fzp_probe(g, ZonePlate(**md.get("zone_plate", {}))))

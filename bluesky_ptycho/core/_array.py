@@ -69,11 +69,6 @@ def to_numpy(x: Array) -> np.ndarray:
     return np.asarray(x)
 
 
-def asarray_like(x: Any, like: Array, dtype: Any = None) -> Array:
-    """Move *x* to the array module of *like* (no copy when it is already there)."""
-    return get_xp(like).asarray(x, dtype=dtype)
-
-
 _WORKERS = int(os.environ.get("BLUESKY_PTYCHO_FFT_WORKERS", "0")) or os.cpu_count() or 1
 
 

@@ -80,6 +80,17 @@ class Geometry:
         """Plain dict for documents and files."""
         return asdict(self)
 
+    @classmethod
+    def from_metadata(cls, md: dict) -> Geometry:
+        """The geometry in a run's ``"ptycho"`` start metadata (as ``ptycho_scan`` writes it)."""
+        return cls(
+            energy_ev=md["energy_ev"],
+            distance_m=md["distance_m"],
+            pixel_size_m=md["pixel_size_m"],
+            crop_px=md["crop_px"],
+            frame_px=md["frame_px"],
+        )
+
 
 @dataclass(frozen=True)
 class ZonePlate:
