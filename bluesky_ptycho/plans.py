@@ -88,6 +88,8 @@ def ptycho_scan(
         "y_key": stage.y.name,
         "zone_plate": detector.sample.zone_plate.as_dict(),
     }
+    if hasattr(detector, "beamstop"):
+        ptycho_md["beamstop"] = detector.beamstop().as_dict()  # refuses a bad beamstop now
     _md = {
         "plan_name": "ptycho_scan",
         "plan_args": {

@@ -33,12 +33,16 @@ def test_demo_run_documents_validate_and_resolve(tmp_path):
         "frame_cleaning",
         "reconstruction",
     }
-    assert res.flags == {}
+    # the simulated camera drops a packet in 1 frame of 50; a packet inside the crop gets
+    # its frame flagged (and skipped), nothing else may be
+    assert all("samples lost" in why for why in res.flags.values()), res.flags
+    assert len(res.flags) <= 6
     # Measured on this 80-point scan: object error 0.17 and 0.20 in two runs (it
     # varies with thread timing; an empty object scores about 1).
     assert res.object_error < 0.4
     cxi = read_cxi(res.cxi_path)
-    assert cxi.frames.shape == (80, 128, 128) and cxi.object is not None and cxi.probe is not None
+    assert cxi.frames.shape == (80 - len(res.flags), 128, 128)  # flagged frames left out
+    assert cxi.object is not None and cxi.probe is not None
     assert res.figure_path.exists()
 
 

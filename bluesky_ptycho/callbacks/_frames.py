@@ -57,10 +57,18 @@ class RawFrames:
 
 
 def frame_problem(frame: Any, shape: tuple[int, ...]) -> str:
-    """Why *frame* cannot be used ("" when it can): wrong shape, or NaN/inf values."""
+    """Why *frame* cannot be used ("" when it can).
+
+    A wrong shape, a dtype that is not integer or float, NaN/inf values, or
+    nothing but zeros (a frame lost on its way).
+    """
     a = np.asarray(frame)
     if a.shape != tuple(shape):
         return f"wrong shape {a.shape}, expected {tuple(shape)}"
+    if a.dtype.kind not in "uif":
+        return f"wrong dtype {a.dtype}, expected an integer or float type (uint16)"
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         return f"{int((~np.isfinite(a)).sum())} non-finite values"
+    if not a.any():
+        return "all zeros (the frame was lost on its way)"
     return ""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
 
 from ..core import fccd
 from ..core._array import get_xp, to_numpy
-from ..core.clean import CleanSettings, clean_frames
+from ..core.clean import CleanSettings, Preprocessor
+from ..core.dark import DarkResult
+from ..core.geometry import Beamstop
 from ._frames import RawFrames, frame_problem
 from .base import DerivedRun, Stage
 
@@ -20,26 +22,43 @@ class FrameCleaner(Stage):
     Inputs: the raw run's documents, and the ``dark_statistics`` derived run.
     Output: a derived run with stream ``cleaned``, one event per scan point:
     ``frame`` (frame_px², photons, DC at the centre), ``point``, ``x``, ``y``
-    (m), ``valid`` and ``flag`` (why a frame is not valid: a wrong shape,
-    NaNs, a failed cleaning). Invalid frames are passed on flagged, never
-    dropped, so the reconstruction can give them zero weight.
+    (m), ``valid``, ``flag`` (why a frame is not valid: a wrong shape or
+    dtype, NaNs, all zeros, lost samples or saturation inside the crop, a
+    failed cleaning), ``photons`` and ``ripple_adu``. Invalid frames are
+    passed on flagged, never dropped, so the reconstruction can give them
+    zero weight and a rescan can retake them.
+
+    The geometry (gain, crop, output size, beamstop) comes from the run's
+    ``"ptycho"`` metadata; keyword arguments override any
+    :class:`~bluesky_ptycho.core.clean.CleanSettings` field and are checked
+    when the stage is made, before a scan starts.
 
     Parameters
     ----------
     device : {"cpu", "gpu"}
     batch_size : int
         Frames cleaned together (more is faster, less is more live).
-    threshold_adu, overscan_order, window_width : optional
-        Override the :class:`~bluesky_ptycho.core.clean.CleanSettings` defaults.
+    **settings
+        CleanSettings fields, e.g. ``threshold_adu=15``, ``ripple=False``.
     """
 
     stage_name = "frame_cleaning"
 
     def __init__(self, device: str = "cpu", batch_size: int = 8, **settings: Any) -> None:
         self.xp = get_xp(device)
-        self.batch_size = int(batch_size)
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"frame_cleaning: batch_size={batch_size!r} must be an integer >= 1")
+        self.batch_size = batch_size
+        unknown = set(settings) - {f.name for f in fields(CleanSettings)}
+        if unknown:
+            raise ValueError(
+                f"frame_cleaning: unknown parameter(s) {sorted(unknown)}; the settings are "
+                f"{[f.name for f in fields(CleanSettings)]}"
+            )
+        CleanSettings(**settings)  # out-of-range values are refused here, before any scan
         self._overrides = settings
         self.settings: CleanSettings | None = None
+        self.preprocessor: Preprocessor | None = None
         self._raw: RawFrames | None = None
         self._raw_uid: str | None = None
         self._dark_uid: str | None = None
@@ -49,7 +68,7 @@ class FrameCleaner(Stage):
         self._ready: list[tuple[int, float, float, Any]] = []
         self._raw_stopped = False
         self._dark_done = False
-        self.center: tuple[float, float] | None = None
+        self._setup_error = ""
         self.n_cleaned = 0
         self.n_flagged = 0
         super().__init__()
@@ -66,6 +85,7 @@ class FrameCleaner(Stage):
             adu_per_photon=float(md.get("adu_per_photon", 36.5)),
             crop_px=int(md.get("crop_px", 512)),
             frame_px=int(md.get("frame_px", 128)),
+            beamstop=Beamstop.from_dict(md.get("beamstop")),
         )
         self.settings = replace(base, **self._overrides)
         md["frame_pixel_size_m"] = md.get("pixel_size_m", 30e-6) * (
@@ -93,6 +113,7 @@ class FrameCleaner(Stage):
     def event_page(self, doc: dict) -> None:
         if self._dark_uid is not None and self._dark is None and "mean" in doc["data"]:
             self._dark = {k: v[0] for k, v in doc["data"].items()}
+            self._make_preprocessor()
             return
         if self._raw is None or self._raw.streams.get(doc["descriptor"]) != "primary":
             return
@@ -102,6 +123,27 @@ class FrameCleaner(Stage):
         for i, s in enumerate(seq):
             frame = frames[i] if frames is not None else self._frames_by_seq.pop(s, None)
             self._ready.append((s - 1, float(xs[i]), float(ys[i]), frame))
+
+    def _make_preprocessor(self) -> None:
+        assert self._dark is not None and self.settings is not None
+        d = self._dark
+        dark = None
+        if int(d.get("n_frames", 0)) > 0:
+            dark = DarkResult(
+                np.asarray(d["mean"]), np.asarray(d["std"]), np.asarray(d["bad_pixels"]),
+                int(d["n_frames"]), d.get("channel_mean"), d.get("channel_std"),
+                None if d.get("bad_channels") is None else np.asarray(d["bad_channels"]),
+            )
+        else:
+            self.log.warning(
+                "no dark frames for this run: cleaning with the overscan fit alone, "
+                "hot pixels are not masked"
+            )
+        try:
+            self.preprocessor = Preprocessor(dark, self.settings, self.xp)
+        except ValueError as err:  # darks of another shape, a crop off the detector
+            self.log.error("cannot clean this run: %s", err)
+            self._setup_error = str(err)
 
     def stop(self, doc: dict) -> None:
         if doc["run_start"] == self._raw_uid:
@@ -125,9 +167,9 @@ class FrameCleaner(Stage):
         if self._dark is None and not self._dark_done:
             return  # the dark statistics are still on their way
         if self._ready and self._dark is None:
-            # no dark statistics will come: pass every frame on, flagged
-            self._emit_flagged(self._ready, "no dark statistics for this run")
-            self._ready = []
+            # the dark statistics stage sent nothing (it failed): clean without darks
+            self._dark = {"n_frames": 0}
+            self._make_preprocessor()
         if not self._ready:
             self._out.stop()
             self.close()
@@ -148,11 +190,15 @@ class FrameCleaner(Stage):
                     "valid": False,
                     "flag": why,
                     "photons": 0.0,
+                    "ripple_adu": 0.0,
                 },
             )
 
     def _clean(self, batch: list) -> None:
-        assert self.settings is not None and self._out is not None and self._dark is not None
+        assert self.settings is not None and self._out is not None
+        if self.preprocessor is None:
+            self._emit_flagged(batch, f"not cleaned: {self._setup_error}")
+            return
         good, bad = [], []
         for item in batch:
             problem = "missing frame" if item[3] is None else frame_problem(item[3], fccd.RAW_SHAPE)
@@ -161,19 +207,21 @@ class FrameCleaner(Stage):
             self._emit_flagged([item], problem)
         if not good:
             return
-        xp = self.xp
-        raw = xp.asarray(np.stack([np.asarray(it[3]) for it, _ in good]))
-        dark_mean = xp.asarray(self._dark["mean"])
-        bad_px = xp.asarray(self._dark["bad_pixels"])
+        raw = np.stack([np.asarray(it[3]) for it, _ in good])
         try:
-            frames, self.center = clean_frames(raw, dark_mean, bad_px, self.center, self.settings)
+            cleaned = self.preprocessor(raw)
         except ValueError as err:
             self._emit_flagged([it for it, _ in good], f"cleaning failed: {err}")
             return
-        frames = to_numpy(frames)
+        frames = to_numpy(cleaned.frames)
         for k, ((point, x, y, _), _p) in enumerate(good):
             f = frames[k]
-            self.n_cleaned += 1
+            flag = cleaned.flags[k]
+            if flag:
+                self.n_flagged += 1
+                self.log.warning("frame of point %d flagged: %s", point, flag)
+            else:
+                self.n_cleaned += 1
             self._out.event(
                 "cleaned",
                 {
@@ -181,8 +229,14 @@ class FrameCleaner(Stage):
                     "point": int(point),
                     "x": x,
                     "y": y,
-                    "valid": True,
-                    "flag": "",
+                    "valid": not flag,
+                    "flag": flag,
                     "photons": float(f.sum()),
+                    "ripple_adu": float(cleaned.ripple_adu[k]),
                 },
             )
+
+    @property
+    def center(self) -> tuple[float, float] | None:
+        """The pattern centre in use (row, col), once known."""
+        return None if self.preprocessor is None else self.preprocessor.center

@@ -1,6 +1,8 @@
-"""Dark statistics stage: running mean and variance per pixel over the ``dark`` stream."""
+"""Dark statistics stage: per pixel and per ADC channel, over the ``dark`` stream."""
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import numpy as np
 
@@ -24,13 +26,17 @@ class DarkStatistics(Stage):
         Where the accumulation runs.
     max_std_adu : float
         Bad-pixel threshold on the dark standard deviation (ADU).
+    channel_excess_adu : float
+        Bad-channel threshold: noise above the median channel's by this (ADU).
     """
 
     stage_name = "dark_statistics"
 
-    def __init__(self, device: str = "cpu", max_std_adu: float = 30.0) -> None:
+    def __init__(
+        self, device: str = "cpu", max_std_adu: float = 30.0, channel_excess_adu: float = 15.0
+    ) -> None:
         self.xp = get_xp(device)
-        self.settings = DarkSettings(max_std_adu=max_std_adu)
+        self.settings = DarkSettings(max_std_adu, channel_excess_adu)
         self.stats: RunningDarkStats | None = None
         self._frames: RawFrames | None = None
         self._source: dict | None = None
@@ -82,17 +88,21 @@ class DarkStatistics(Stage):
         if self._out is not None or self._source is None or self.stats is None:
             return
         res = self.stats.result(self.settings)
-        self._out = DerivedRun(
-            self, self._source, {"dark_settings": {"max_std_adu": self.settings.max_std_adu}}
-        )
+        self._out = DerivedRun(self, self._source, {"dark_settings": asdict(self.settings)})
+        if res.n_frames == 0:
+            self.log.warning("no usable dark frame in this run: frames will be cleaned without")
         self._out.event(
             "dark",
             {
                 "mean": to_numpy(res.mean),
                 "std": to_numpy(res.std),
                 "bad_pixels": to_numpy(res.bad),
+                "channel_mean": to_numpy(res.channel_mean),
+                "channel_std": to_numpy(res.channel_std),
+                "bad_channels": to_numpy(res.bad_channels),
                 "n_frames": int(res.n_frames),
                 "n_bad": int(to_numpy(res.bad).sum()),
+                "n_bad_channels": int(to_numpy(res.bad_channels).sum()),
             },
         )
         self.result = res

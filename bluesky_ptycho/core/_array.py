@@ -102,3 +102,39 @@ def fftshift2(x: Array) -> Array:
 def ifftshift2(x: Array) -> Array:
     """``ifftshift`` over the last two axes."""
     return get_xp(x).fft.ifftshift(x, axes=(-2, -1))
+
+
+def rfft(x: Array, n: int | None = None) -> Array:
+    """Real FFT along the last axis (unnormalised forward), NumPy or CuPy, precision kept."""
+    if get_xp(x) is np:
+        import scipy.fft
+
+        return scipy.fft.rfft(x, n=n, axis=-1, workers=_WORKERS)
+    return get_xp(x).fft.rfft(x, n=n, axis=-1)
+
+
+def irfft(x: Array, n: int) -> Array:
+    """Inverse of :func:`rfft` to *n* real samples along the last axis."""
+    if get_xp(x) is np:
+        import scipy.fft
+
+        return scipy.fft.irfft(x, n=n, axis=-1, workers=_WORKERS)
+    return get_xp(x).fft.irfft(x, n=n, axis=-1)
+
+
+def rfft2(x: Array) -> Array:
+    """Real 2-D FFT over the last two axes (unnormalised forward)."""
+    if get_xp(x) is np:
+        import scipy.fft
+
+        return scipy.fft.rfft2(x, workers=_WORKERS)
+    return get_xp(x).fft.rfft2(x)
+
+
+def irfft2(x: Array, shape: tuple[int, int]) -> Array:
+    """Inverse of :func:`rfft2` to real arrays of *shape* over the last two axes."""
+    if get_xp(x) is np:
+        import scipy.fft
+
+        return scipy.fft.irfft2(x, s=shape, workers=_WORKERS)
+    return get_xp(x).fft.irfft2(x, s=shape)

@@ -1,9 +1,10 @@
-"""Dark statistics streamed over dark frames: running mean and variance per pixel."""
+"""Dark statistics streamed over dark frames: per pixel and per ADC channel."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import fccd
 from ._array import Array, get_xp
 
 
@@ -60,26 +61,74 @@ class RunningDarkStats:
         return xp.where(self.count > 1, self.m2 / xp.maximum(self.count - 1, 1), 0)
 
     def result(self, settings: DarkSettings | None = None) -> DarkResult:
-        """Mean, standard deviation and bad-pixel mask as float32 arrays."""
+        """Mean, standard deviation, bad pixels and bad ADC channels as float32/bool arrays.
+
+        With no valid frame at all, every pixel is marked bad (nothing is known).
+        """
         s = settings or DarkSettings()
         xp = self.xp
         std = xp.sqrt(self.variance).astype(xp.float32)
         bad = (std == 0) | (std > s.max_std_adu)
-        return DarkResult(self.mean.astype(xp.float32), std, bad, self.n_frames)
+        ch_mean = ch_std = bad_ch = None
+        if self.shape == fccd.RAW_SHAPE:
+            ch_mean, ch_std, bad_ch = channel_statistics(self.mean, std, s.channel_excess_adu)
+        return DarkResult(self.mean.astype(xp.float32), std, bad, self.n_frames, ch_mean, ch_std,
+                          bad_ch)
+
+
+def channel_statistics(mean: Array, std: Array, excess_adu: float) -> tuple[Array, Array, Array]:
+    """Per ADC channel: mean offset, typical noise, and whether the channel is bad.
+
+    Parameters
+    ----------
+    mean, std : (1152, 1940) arrays
+        Dark mean and standard deviation per raw sample.
+    excess_adu : float
+        A channel is bad when its noise exceeds the median channel's by more than this.
+
+    Returns
+    -------
+    mean, std : (192,) float32
+        Mean of the channel's pixel means; median of its pixel standard
+        deviations (robust to the few hot pixels a channel may hold).
+    bad : (192,) bool
+    """
+    xp = get_xp(mean)
+    region = fccd.RawRegion.full()
+    m = region.take(mean)[..., : fccd.PIXEL_COLUMNS].reshape(fccd.N_CHANNELS, -1)
+    sd = region.take(std)[..., : fccd.PIXEL_COLUMNS].reshape(fccd.N_CHANNELS, -1)
+    ch_mean = m.mean(axis=1).astype(xp.float32)
+    ch_std = xp.median(sd, axis=1).astype(xp.float32)
+    bad = ch_std > xp.median(ch_std) + excess_adu
+    return ch_mean, ch_std, bad
 
 
 @dataclass(frozen=True)
 class DarkSettings:
-    """Bad-pixel criteria.
+    """Bad-pixel and bad-channel criteria.
 
     Attributes
     ----------
     max_std_adu : float
         A pixel whose dark standard deviation exceeds this is bad (noisy).
         A standard deviation of exactly 0 (stuck, or never valid) is bad too.
+    channel_excess_adu : float
+        An ADC channel whose typical dark noise exceeds the median channel's
+        by more than this is bad. COSMIC uses 50 ADU; with the FCCD's ~5 ADU
+        read noise, 15 ADU already marks a channel three times as noisy as
+        the rest, which the photon threshold (~15 ADU) cannot tell from light.
     """
 
     max_std_adu: float = 30.0
+    channel_excess_adu: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.max_std_adu > 0:
+            raise ValueError(f"DarkSettings.max_std_adu={self.max_std_adu!r} must be > 0 ADU")
+        if not self.channel_excess_adu > 0:
+            raise ValueError(
+                f"DarkSettings.channel_excess_adu={self.channel_excess_adu!r} must be > 0 ADU"
+            )
 
 
 @dataclass
@@ -93,9 +142,14 @@ class DarkResult:
     bad : (*shape) bool
         Bad pixels (std == 0 or above the threshold).
     n_frames : int
+    channel_mean, channel_std : (192,) float32, or None for a non-FCCD shape
+    bad_channels : (192,) bool, or None
     """
 
     mean: Array
     std: Array
     bad: Array
     n_frames: int
+    channel_mean: Array | None = None
+    channel_std: Array | None = None
+    bad_channels: Array | None = None

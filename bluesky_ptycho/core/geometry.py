@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 PLANCK_EV_S = 4.135667696e-15  # h in eV·s
 SPEED_OF_LIGHT = 299_792_458.0  # m/s
@@ -132,3 +133,57 @@ class ZonePlate:
     def as_dict(self) -> dict[str, float]:
         """Plain dict for documents and files."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Beamstop:
+    """A semi-transparent beamstop in front of the detector.
+
+    Parameters
+    ----------
+    center_px : (float, float)
+        Its centre on the assembled detector image, (row, col) in pixels
+        (measured once; it does not move with the sample).
+    radius_px : float
+        Radius in detector pixels (0: no beamstop).
+    transmission : float
+        Intensity transmission inside the radius, in (0, 1].
+    """
+
+    center_px: tuple[float, float] = (960.0, 480.0)
+    radius_px: float = 0.0
+    transmission: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.transmission <= 1:
+            raise ValueError(
+                f"Beamstop.transmission={self.transmission!r} must lie in (0, 1] "
+                "(intensity fraction that passes, e.g. 0.05)"
+            )
+        if self.radius_px < 0:
+            raise ValueError(f"Beamstop.radius_px={self.radius_px!r} must be >= 0 (pixels)")
+
+    def transmission_map(self, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> Any:
+        """Transmission per pixel of a ``shape`` window whose first pixel is image pixel *origin*.
+
+        The edge is area-weighted over one pixel. Returns a float32 NumPy array.
+        """
+        import numpy as np
+
+        rows = np.arange(shape[0], dtype=np.float64) + origin[0] - self.center_px[0]
+        cols = np.arange(shape[1], dtype=np.float64) + origin[1] - self.center_px[1]
+        r = np.hypot(rows[:, None], cols[None, :])
+        inside = np.clip(self.radius_px + 0.5 - r, 0.0, 1.0)
+        return (1.0 - inside * (1.0 - self.transmission)).astype(np.float32)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for documents and files."""
+        return {"center_px": list(self.center_px), "radius_px": self.radius_px,
+                "transmission": self.transmission}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Beamstop:
+        """Inverse of :meth:`as_dict` (None: no beamstop)."""
+        if not d:
+            return cls()
+        return cls(tuple(d["center_px"]), float(d["radius_px"]), float(d["transmission"]))  # type: ignore[arg-type]

@@ -24,10 +24,12 @@ from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
 from ..core import fccd as fccd_geom
-from ..core.geometry import Geometry, ZonePlate
-from ..core.sim import FCCDNoiseModel, SimulatedSample
+from ..core.geometry import Beamstop, Geometry, ZonePlate
+from ..core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
 from ..io.frames import MIMETYPE, FrameFileWriter
 from .stage import SampleStage, Shutter
+
+DEFAULT_DEFECTS = FCCDDefects()
 
 
 class SimFCCD(Device):
@@ -45,6 +47,13 @@ class SimFCCD(Device):
         The simulated truth; built from the configuration when omitted.
     seed : int
         Seed of the photon and read noise.
+    defects : FCCDDefects or None
+        Defects the simulated camera plants in its raw frames (pickup
+        ripple, column offsets, hot and dead pixels, a noisy channel, dropped
+        packets); None for an ideal camera.
+    beam_center : (int, int)
+        Detector image pixel (row, col) where the direct beam lands; off the
+        detector centre, as on a real instrument.
     """
 
     # configuration a real FCCD exposes (kind="config": in the descriptor)
@@ -55,6 +64,11 @@ class SimFCCD(Device):
     pixel_size = Cpt(Signal, value=30e-6, kind="config", metadata={"units": "m"})
     distance = Cpt(Signal, value=0.080, kind="config", metadata={"units": "m"})
     energy = Cpt(Signal, value=800.0, kind="config", metadata={"units": "eV"})
+    # the semi-transparent beamstop in front of the detector (measured once per setup)
+    beamstop_row = Cpt(Signal, value=975.0, kind="config", metadata={"units": "px"})
+    beamstop_col = Cpt(Signal, value=463.0, kind="config", metadata={"units": "px"})
+    beamstop_radius = Cpt(Signal, value=40.0, kind="config", metadata={"units": "px"})
+    beamstop_transmission = Cpt(Signal, value=0.05, kind="config")
     # simulation knob: photons per second reaching the sample
     sim_flux = Cpt(Signal, value=2e7, kind="config", metadata={"units": "photons/s"})
     # per-frame readings (like an area detector's stats plugin)
@@ -71,9 +85,13 @@ class SimFCCD(Device):
         write_path: str | Path,
         sample: SimulatedSample | None = None,
         seed: int = 0,
+        defects: FCCDDefects | None = DEFAULT_DEFECTS,
+        beam_center: tuple[int, int] = (972, 466),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.defects = defects
+        self.beam_center = (int(beam_center[0]), int(beam_center[1]))
         self.stage_device = stage
         self.shutter = shutter
         self.write_path = Path(write_path)
@@ -100,6 +118,19 @@ class SimFCCD(Device):
             pixel_size_m=float(self.pixel_size.get()),
             crop_px=crop_px,
             frame_px=frame_px,
+        )
+
+    def beamstop(self) -> Beamstop:
+        """The beamstop this detector's configuration describes."""
+        return Beamstop(
+            (float(self.beamstop_row.get()), float(self.beamstop_col.get())),
+            float(self.beamstop_radius.get()),
+            float(self.beamstop_transmission.get()),
+        )
+
+    def _noise_model(self) -> FCCDNoiseModel:
+        return FCCDNoiseModel.for_energy(
+            float(self.energy.get()), defects=self.defects, beamstop=self.beamstop()
         )
 
     @property
@@ -129,7 +160,7 @@ class SimFCCD(Device):
     # -- staging: one HDF5 file per staging ------------------------------------
     def stage(self) -> list[object]:
         self.check_configured()
-        self._noise = FCCDNoiseModel.for_energy(float(self.energy.get()))
+        self._noise = self._noise_model()
         self.adu_per_photon.put(self._noise.adu_per_photon)
         path = self.write_path / f"{uuid.uuid4()}.h5"
         self._writer = FrameFileWriter(path, fccd_geom.RAW_SHAPE, "uint16")
@@ -194,11 +225,11 @@ class SimFCCD(Device):
     ) -> np.ndarray:
         """One raw frame at a stage position (x, y) in m; a dark frame when the shutter is closed."""
         if self._noise is None:
-            self._noise = FCCDNoiseModel.for_energy(float(self.energy.get()))
+            self._noise = self._noise_model()
         if not shutter_open:
             return self._noise.raw_frame(self._rng)
         pattern = self.sample.intensity(position, photons)
-        return self._noise.raw_frame(self._rng, pattern)
+        return self._noise.raw_frame(self._rng, pattern, self.beam_center)
 
     # -- documents -------------------------------------------------------------
     def describe(self) -> dict[str, dict]:
