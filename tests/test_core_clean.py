@@ -128,12 +128,7 @@ def _channel_steps(scene, pre, background=True):
 
 def test_background_step_removes_column_offsets(scene, cleaned):
     pre, _ = cleaned
-    region = pre.region
-    # the planted per-frame offset of each clocked column, in channel layout
-    col = np.stack([t.column_offsets for t in scene["truths"]])  # (N, 192, 12)
-    planted = col.reshape(len(col), 2, 96, 12)[:, :, np.asarray(region.channels % 96)[0]]
-    planted = np.stack([col.reshape(len(col), 2, 96, 12)[:, h, region.channels[h] % 96]
-                        for h in range(2)], axis=1)  # (N, 2, n, 12)
+    # the simulator offsets each clocked column by N(0, 1.5 ADU) in every frame
     before, usable = _channel_steps(scene, pre, background=False)
     after, _ = _channel_steps(scene, pre, background=True)
 
@@ -147,7 +142,6 @@ def test_background_step_removes_column_offsets(scene, cleaned):
     # (the ripple, still there at this step, is what keeps the column means from 0)
     assert abs(column_error(before) - 1.5) < 0.3
     assert column_error(after) < 0.3
-    assert planted.shape[-1] == 12
 
 
 def test_ripple_lines_are_found_and_fitted_out(scene, cleaned):
@@ -293,7 +287,7 @@ def test_noise_floor():
 
 
 def test_no_darks_still_cleans_with_the_overscan_alone(scene, cleaned):
-    pre, out = cleaned
+    _pre, out = cleaned
     nodark = clean.Preprocessor(None, scene["settings"], np)
     got = nodark(scene["raws"][:4])
     # measured: photon totals 0.14 % above the dark-subtracted result (hot pixels pass)
