@@ -26,11 +26,12 @@ def test_demo_run_documents_validate_and_resolve(tmp_path):
         schema_validators[DocumentNames(name)].validate(doc)
     starts = [d for n, d in res.documents if n == "start"]
     # the raw run and one derived run per stage, each naming its source
-    assert len(starts) == 4
+    assert len(starts) == 5
     assert {d.get("stage") for d in starts} == {
         None,
         "dark_statistics",
         "frame_cleaning",
+        "stxm",
         "reconstruction",
     }
     # the simulated camera drops a packet in 1 frame of 50; a packet inside the crop gets

@@ -51,6 +51,25 @@ class Stage(DocumentRouter):
         )
         self._thread.start()
 
+    @classmethod
+    def check_params(cls, **params: Any) -> None:
+        """Refuse unknown or out-of-range parameters now, before any run starts.
+
+        Builds the stage with *params* (its constructor checks them) and
+        closes it again; raises ``ValueError`` naming the stage.
+        """
+        import inspect
+
+        try:
+            inspect.signature(cls).bind(**params)
+        except TypeError as err:
+            names = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+            raise ValueError(
+                f"stage {cls.stage_name!r}: {err}; its parameters are {names}"
+            ) from None
+        stage = cls(**params)
+        stage.close()
+
     # -- wiring ---------------------------------------------------------------
     def subscribe(self, callback: Callback) -> None:
         """Send this stage's output documents to *callback(name, doc)*."""

@@ -1,4 +1,4 @@
-"""The in-process pipeline: dark statistics → frame cleaning → streaming reconstruction.
+"""The in-process pipeline: dark statistics → frame cleaning → STXM/probe → reconstruction.
 
 :class:`Pipeline` is one callable to subscribe to the RunEngine. Its
 ``RunRouter`` builds a fresh chain of stages for every ptycho run (a start
@@ -28,6 +28,7 @@ class RunStages:
     dark: Stage
     clean: Stage
     recon: Stage
+    stxm: Stage | None = None
     export: CxiExport | None = None
     stages: list[Stage] = field(default_factory=list)
 
@@ -50,7 +51,7 @@ class Pipeline:
         Array backend of every stage.
     output_dir : path-like, optional
         Where each run's CXI file goes (``<scan_id or uid>.cxi``); no file when None.
-    dark, cleaning, reconstruction : dict, optional
+    dark, cleaning, stxm, reconstruction : dict, optional
         Parameters of each stage (see the stage classes).
     """
 
@@ -61,16 +62,20 @@ class Pipeline:
         dark: dict | None = None,
         cleaning: dict | None = None,
         reconstruction: dict | None = None,
+        stxm: dict | None = None,
     ) -> None:
         self.device = device
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.params = {
             "dark_statistics": dict(dark or {}),
             "frame_cleaning": dict(cleaning or {}),
+            "stxm": dict(stxm or {}),
             "reconstruction": dict(reconstruction or {}),
         }
-        # load (and so check) the stages now, before any scan starts
+        # load the stages and check their parameters now, before any scan starts
         self.classes = {name: load_stage(name) for name in self.params}
+        for name, cls in self.classes.items():
+            cls.check_params(device=device, **self.params[name])
         self.runs: dict[str, RunStages] = {}
         self._subscribers: list[Callback] = []
         self._new_run = threading.Condition()
@@ -92,9 +97,12 @@ class Pipeline:
             return [], []
         dark = self.classes["dark_statistics"](device=self.device, **self.params["dark_statistics"])
         clean = self.classes["frame_cleaning"](device=self.device, **self.params["frame_cleaning"])
+        stxm = self.classes["stxm"](device=self.device, **self.params["stxm"])
         recon = self.classes["reconstruction"](device=self.device, **self.params["reconstruction"])
         dark.subscribe(clean)
         clean.subscribe(recon)
+        clean.subscribe(stxm)
+        stxm.subscribe(recon)
         export = None
         if self.output_dir is not None:
             export = CxiExport(
@@ -102,11 +110,11 @@ class Pipeline:
             )
             clean.subscribe(export)
             recon.subscribe(export)
-        stages = [dark, clean, recon]
+        stages = [dark, clean, stxm, recon]
         for s in stages:
             s.subscribe(self._publish)
         with self._new_run:
-            self.runs[start["uid"]] = RunStages(dark, clean, recon, export, stages)
+            self.runs[start["uid"]] = RunStages(dark, clean, recon, stxm, export, stages)
             self._new_run.notify_all()
         return [dark, clean], []
 

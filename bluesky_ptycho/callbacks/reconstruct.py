@@ -51,6 +51,10 @@ class StreamingReconstruction(Stage):
     max_epochs : int
         Cap on epochs while the scan still runs (0: no cap).
     options : EpieOptions, optional
+    initial_probe : {"zone_plate", "estimate"}
+        Start from the zone plate in the run's metadata, or wait for the
+        ``stxm`` stage's probe estimate from the mean pattern (the zone
+        plate is used, with a warning, if none comes).
     """
 
     stage_name = "reconstruction"
@@ -63,8 +67,15 @@ class StreamingReconstruction(Stage):
         min_frames: int = 16,
         max_epochs: int = 0,
         options: EpieOptions | None = None,
+        initial_probe: str = "zone_plate",
     ) -> None:
         self.xp = backend(device)
+        if initial_probe not in ("zone_plate", "estimate"):
+            raise ValueError(
+                f"reconstruction: initial_probe={initial_probe!r} must be 'zone_plate' or 'estimate'"
+            )
+        self.initial_probe = initial_probe
+        self._probe_ready = initial_probe == "zone_plate"
         self.final_epochs = int(final_epochs)
         self.snapshot_interval = float(snapshot_interval)
         self.min_frames = int(min_frames)
@@ -116,6 +127,9 @@ class StreamingReconstruction(Stage):
         )
 
     def event_page(self, doc: dict) -> None:
+        if "probe" in doc["data"] and "n_frames" in doc["data"]:
+            self._probe_estimate(doc["data"])
+            return
         if self.engine is None or self.grid is None or "frame" not in doc["data"]:
             return
         d = doc["data"]
@@ -154,16 +168,33 @@ class StreamingReconstruction(Stage):
             self._scaled = True
         self.engine.add_frames(pts, frames, pos)
 
+    def _probe_estimate(self, data: dict) -> None:
+        """The stxm stage's probe estimate: the starting probe when asked for, before iterating."""
+        if self._probe_ready or self.engine is None or self.engine.epoch > 0:
+            return
+        probe = np.asarray(data["probe"][-1], np.complex64)
+        if probe.shape != tuple(self.engine.probe.shape):
+            self.log.warning("probe estimate of shape %s ignored: the frames are %s",
+                             probe.shape, tuple(self.engine.probe.shape))
+            return
+        self.engine.probe = self.xp.asarray(probe)
+        self._scaled = True  # the estimate carries the data's scale
+        self._probe_ready = True
+        self.log.info("starting from the probe estimated from %d frames", data["n_frames"][-1])
+
     def stop(self, doc: dict) -> None:
         if self._out is not None and doc["run_start"] == self._out.start_doc["source_run"]:
             self._source_done = True
+            if not self._probe_ready:
+                self.log.warning("no probe estimate came: starting from the zone plate")
+                self._probe_ready = True
             if self.engine is None or self.engine.n_measured == 0:
                 self._finish()
 
     # -- iterating ---------------------------------------------------------------------
     def has_work(self) -> bool:
         e = self.engine
-        if e is None or self._out is None or self._out.stopped:
+        if e is None or self._out is None or self._out.stopped or not self._probe_ready:
             return False
         if e.n_measured < min(self.min_frames, len(e.weights)) and not self._source_done:
             return False

@@ -1,0 +1,121 @@
+"""STXM and probe-estimate stage: the paper's image worker, on the cleaned frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core._array import get_xp, to_numpy
+from ..core.geometry import Geometry
+from ..core.stxm import probe_estimate, stxm_contrast
+from .base import DerivedRun, Stage
+
+
+class StxmProbe(Stage):
+    """STXM contrast per scan point, and a probe estimate from the mean pattern.
+
+    Input: the ``frame_cleaning`` derived run. Output: a derived run with
+    stream ``stxm`` (one event per cleaned frame: ``point``, ``x``, ``y``,
+    ``photons``, ``dpc_x``, ``dpc_y``, ``valid``) and stream
+    ``probe_estimate`` (``probe``, complex, centred on the frame grid;
+    ``n_frames``), published once ``probe_frames`` valid frames are in and
+    again at the end of the run. The reconstruction can start from it
+    (``initial_probe="estimate"``).
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu"}
+    probe_frames : int
+        Valid frames averaged before the first probe estimate.
+    level : float
+        Fraction of the mean pattern's maximum below which it is cut.
+    support : float
+        Radius of the real-space support, as a fraction of the frame side.
+    defocus : bool
+        Propagate the estimate by the zone plate's defocus from the run's
+        metadata (when it has one): the spot the sample sees, not the focus.
+    """
+
+    stage_name = "stxm"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        probe_frames: int = 16,
+        level: float = 0.1,
+        support: float = 0.25,
+        defocus: bool = True,
+    ) -> None:
+        self.xp = get_xp(device)
+        if not (isinstance(probe_frames, int) and probe_frames >= 1):
+            raise ValueError(f"stxm: probe_frames={probe_frames!r} must be an integer >= 1")
+        if not 0 < level < 1 or not 0 < support <= 0.5:
+            raise ValueError(
+                f"stxm: level={level!r} must lie in (0, 1) and support={support!r} in (0, 0.5]"
+            )
+        self.probe_frames, self.level, self.support = probe_frames, level, support
+        self.defocus = bool(defocus)
+        self._optics: dict = {}
+        self._out: DerivedRun | None = None
+        self._sum: np.ndarray | None = None
+        self._n = 0
+        self._published_at = 0
+        self.probe: np.ndarray | None = None
+        self.points: dict[int, tuple[float, float, float, float, float]] = {}
+        super().__init__()
+
+    def start(self, doc: dict) -> None:
+        if doc.get("stage") != "frame_cleaning":
+            return
+        md = doc.get("ptycho", {})
+        zp = md.get("zone_plate")
+        if self.defocus and zp and zp.get("defocus_m"):
+            g = Geometry.from_metadata(md)
+            self._optics = {"defocus_m": float(zp["defocus_m"]), "wavelength_m": g.wavelength_m,
+                            "pixel_size_m": g.object_pixel_size_m}
+        self._out = DerivedRun(
+            self, doc, {"ptycho": doc.get("ptycho", {}),
+                        "stxm_settings": {"probe_frames": self.probe_frames,
+                                          "level": self.level, "support": self.support}}
+        )
+
+    def event_page(self, doc: dict) -> None:
+        d = doc["data"]
+        if self._out is None or "frame" not in d:
+            return
+        xp = self.xp
+        frames = xp.asarray(np.stack([np.asarray(f, np.float32) for f in d["frame"]]))
+        valid = np.asarray(d["valid"], bool)
+        photons, dpc_y, dpc_x = (to_numpy(a) for a in stxm_contrast(frames))
+        for k, p in enumerate(d["point"]):
+            x, y = float(d["x"][k]), float(d["y"][k])
+            self.points[int(p)] = (x, y, float(photons[k]), float(dpc_x[k]), float(dpc_y[k]))
+            self._out.event(
+                "stxm",
+                {"point": int(p), "x": x, "y": y, "photons": float(photons[k]),
+                 "dpc_x": float(dpc_x[k]), "dpc_y": float(dpc_y[k]), "valid": bool(valid[k])},
+            )
+        if valid.any():
+            s = to_numpy(frames[xp.asarray(valid)].sum(axis=0))
+            self._sum = s if self._sum is None else self._sum + s
+            self._n += int(valid.sum())
+        if self._published_at == 0 and self._n >= self.probe_frames:
+            self._publish_probe()
+
+    def _publish_probe(self) -> None:
+        if self._sum is None or self._out is None or self._n == self._published_at:
+            return
+        probe = probe_estimate(
+            self.xp.asarray(self._sum / self._n), self.level, self.support, **self._optics
+        )
+        self.probe = to_numpy(probe)
+        self._published_at = self._n
+        self._out.event("probe_estimate", {"probe": self.probe, "n_frames": int(self._n)})
+
+    def stop(self, doc: dict) -> None:
+        if self._out is None or doc["run_start"] != self._out.start_doc["source_run"]:
+            return
+        try:
+            self._publish_probe()
+        finally:
+            self._out.stop()
+            self.close()
