@@ -66,6 +66,8 @@ def run_demo(
         RE.subscribe(lambda n, d: docs.append((n, d)))
         pipeline.subscribe(lambda n, d: docs.append((n, d)))
     RE.subscribe(pipeline)
+    record = _ScanRecord()
+    RE.subscribe(record)
     bar = _Progress(num_points, pipeline) if progress else None
     if bar is not None:
         RE.subscribe(bar.raw)
@@ -86,6 +88,7 @@ def run_demo(
     region = illuminated_region(r.illumination, 0.3)
     err = object_error(r.object, truth, region)
     fig = _figure(output / "demo.png", r, truth, region, err) if figure else None
+    record.write(output)
     return DemoResult(
         uid=uid,
         num_points=num_points,
@@ -100,6 +103,40 @@ def run_demo(
         figure_path=fig,
         documents=docs,
     )
+
+
+class _ScanRecord:
+    """Saves a run's start document and the frame files of its streams as ``scan_<id>.json``.
+
+    What ``bluesky-ptycho raw2cxi --scan`` reads to clean the run again offline.
+    """
+
+    def __init__(self) -> None:
+        self.start: dict | None = None
+        self._streams: dict[str, str] = {}
+        self._uris: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "start":
+            self.start, self._streams, self._uris, self.files = doc, {}, {}, {}
+        elif name == "descriptor":
+            self._streams[doc["uid"]] = doc.get("name", "primary")
+        elif name == "stream_resource":
+            self._uris[doc["uid"]] = doc["uri"]
+        elif name == "stream_datum":
+            stream = self._streams.get(doc["descriptor"], "primary")
+            uri = self._uris.get(doc["stream_resource"], "")
+            self.files.setdefault(stream, uri.removeprefix("file://localhost"))
+
+    def write(self, folder: Path) -> Path | None:
+        if self.start is None:
+            return None
+        import json
+
+        path = folder / f"scan_{self.start.get('scan_id', self.start['uid'][:8])}.json"
+        path.write_text(json.dumps({**self.start, "files": self.files}, indent=1))
+        return path
 
 
 class _Progress:

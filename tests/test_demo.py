@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from event_model import DocumentNames, schema_validators
 
@@ -45,6 +46,35 @@ def test_demo_run_documents_validate_and_resolve(tmp_path):
     assert cxi.frames.shape == (80 - len(res.flags), 128, 128)  # flagged frames left out
     assert cxi.object is not None and cxi.probe is not None
     assert res.figure_path.exists()
+
+    # offline: the same raw files through raw2cxi give the live run's cleaned frames
+    from bluesky_ptycho.cli import main
+
+    out = tmp_path / "offline.cxi"
+    assert main(["raw2cxi", "--scan", str(tmp_path / "scan_1.json"), "-o", str(out),
+                 "--batch-size", "8", "--quiet"]) == 0
+    offline = read_cxi(out)
+    assert offline.frames.shape == cxi.frames.shape
+    assert np.allclose(offline.frames, cxi.frames, atol=1e-3 * float(cxi.frames.max()))
+    assert np.allclose(offline.translations_m, cxi.translations_m)
+    assert offline.illumination is not None and offline.illumination.shape == (128, 128)
+
+
+def test_raw2cxi_refuses_what_it_cannot_read(tmp_path, capsys):
+    from bluesky_ptycho.cli import main
+
+    meta = tmp_path / "start.json"
+    meta.write_text('{"ptycho": {"energy_ev": 800}}')
+    frames = tmp_path / "frames.h5"
+    frames.write_bytes(b"not hdf5")
+    assert main(["raw2cxi", str(frames), "--metadata", str(meta), "-o", str(tmp_path / "x.cxi")]) == 2
+    assert "lacks ['distance_m', 'pixel_size_m', 'positions_m']" in capsys.readouterr().err
+    meta.write_text('{"energy_ev": 800, "distance_m": 0.08, "pixel_size_m": 3e-5, '
+                    '"positions_m": [[0, 0]]}')
+    assert main(["raw2cxi", str(frames), "--metadata", str(meta), "-o", str(tmp_path / "x.cxi")]) == 2
+    assert "cannot open the frames file" in capsys.readouterr().err
+    assert main(["raw2cxi", "-o", str(tmp_path / "x.cxi")]) == 2
+    assert "give FRAMES and --metadata" in capsys.readouterr().err
 
 
 def test_cli_says_when_cupy_is_missing(tmp_path):
