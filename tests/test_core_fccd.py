@@ -1,6 +1,7 @@
 """FCCD raw layout: descrambling, overscan, per-channel values."""
 
 import numpy as np
+import pytest
 
 from bluesky_ptycho.core import fccd
 
@@ -43,3 +44,36 @@ def test_overscan_holds_offsets_only():
     assert ov.shape == (192, 970, 2)
     np.testing.assert_array_equal(ov[..., 0], offsets)
     np.testing.assert_array_equal(ov[..., 1], offsets)
+
+
+@pytest.mark.parametrize(
+    "rect", [(704, 224, 512, 512), (690, 230, 512, 512), (1000, 100, 512, 512), (100, 400, 512, 512)]
+)
+def test_region_takes_exactly_the_samples_under_a_rectangle(rect):
+    raw = np.random.default_rng(0).integers(0, 60000, (2, *fccd.RAW_SHAPE)).astype(np.uint16)
+    image = fccd.raw_to_image(raw)
+    t, left, h, w = rect
+    region = fccd.RawRegion.covering(t, left, h, w)
+    layout = region.take(raw)
+    assert layout.shape == (2, *region.shape)
+    np.testing.assert_array_equal(region.assemble(layout, *rect), image[:, t : t + h, left : left + w])
+    # readout rows: an FFT-friendly count (factors 2, 3, 5 only)
+    n = region.rows[1] - region.rows[0]
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    assert n == 1
+    # its overscan is the whole detector's, for its channels
+    ov = fccd.overscan(raw)
+    got = region.overscan(raw)
+    for h_ in range(2):
+        np.testing.assert_array_equal(got[:, h_], ov[:, region.channels[h_]])
+
+
+def test_full_region_is_the_whole_image():
+    raw = np.random.default_rng(1).integers(0, 60000, fccd.RAW_SHAPE).astype(np.uint16)
+    full = fccd.RawRegion.full()
+    np.testing.assert_array_equal(full.assemble(full.take(raw), 0, 0, *fccd.IMAGE_SHAPE),
+                                  fccd.raw_to_image(raw))
+    with pytest.raises(ValueError, match="leaves the FCCD image"):
+        fccd.RawRegion.covering(1700, 0, 512, 512)
