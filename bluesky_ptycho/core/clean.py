@@ -359,8 +359,9 @@ def fit_ripple(series: Array, background: Array, freqs: np.ndarray) -> Array:
     y = series.reshape(-1, n_t) * w
     upper = (w @ outer).astype(xp.float64)
     gram = xp.zeros((w.shape[0], p, p), xp.float64)
-    gram[:, iu, ju] = upper
-    gram[:, ju, iu] = upper
+    iu_x, ju_x = xp.asarray(iu), xp.asarray(ju)
+    gram[:, iu_x, ju_x] = upper
+    gram[:, ju_x, iu_x] = upper
     gram += 1e-6 * n_t * xp.eye(p)  # a channel with no background sample fits 0
     rhs = (y @ basis).astype(xp.float64)
     coef = xp.linalg.solve(gram, rhs[..., None])[..., 0].astype(xp.float32)
