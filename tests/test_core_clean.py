@@ -115,11 +115,12 @@ def test_overscan_fit_removes_the_offset_drift_even_with_lost_samples():
 def _channel_steps(scene, pre, background=True):
     """Steps 2–3 (and 4) in channel layout, as the Preprocessor runs them."""
     region, raws = pre.region, scene["raws"]
+    dark, dark_ov, good = pre._calib
     layout = region.take(raws, out=np.empty((len(raws), *region.shape), np.float32))
-    usable = pre._good & (layout != 0)
-    clean.subtract_dark(layout, pre._dark)
+    usable = good & (layout != 0)
+    clean.subtract_dark(layout, dark)
     ov = region.overscan(raws)
-    off = clean.overscan_fit(ov.astype(np.float32) - pre._dark_ov, valid=ov != 0)
+    off = clean.overscan_fit(ov.astype(np.float32) - dark_ov, valid=ov != 0)
     clean.subtract_overscan(layout, off, region.rows)
     if background:
         clean.subtract_background(layout, 15.0, usable)

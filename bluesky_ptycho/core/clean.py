@@ -609,44 +609,45 @@ class Preprocessor:
         s, x = self.settings, self.xp
         self.center = (float(center[0]), float(center[1]))
         self.crop = (*crop_window(self.center, s.crop_px), s.crop_px, s.crop_px)
-        self.region = self._layouts(fccd.RawRegion.covering(*self.crop))
+        self.region = fccd.RawRegion.covering(*self.crop)
+        self._calib = self._layouts(self.region)
         self._beamstop = x.asarray(s.beamstop.transmission_map(self.crop[2:], self.crop[:2]))
         self._window = downsample_window(s.frame_px, s.crop_px, s.window, s.window_width, x)
 
-    def _layouts(self, region: fccd.RawRegion) -> fccd.RawRegion:
-        """Dark and masks in the channel layout of *region*."""
+    def _layouts(self, region: fccd.RawRegion) -> tuple[Array, Array, Array]:
+        """Dark mean, dark overscan and usable-pixel mask in the channel layout of *region*."""
         x = self.xp
         if self.dark is not None:
-            self._dark = region.take(self._dark_raw)
-            self._dark_ov = region.overscan(self._dark_raw)
-            self._good = ~region.take(self._bad_raw)
-        else:
-            self._dark = x.zeros(region.shape, x.float32)
-            self._dark_ov = x.zeros((2, region.n_channels, fccd.CLOCKED_ROWS, 2), x.float32)
-            self._good = x.ones(region.shape, bool)
-        return region
+            return (region.take(self._dark_raw), region.overscan(self._dark_raw),
+                    ~region.take(self._bad_raw))
+        return (x.zeros(region.shape, x.float32),
+                x.zeros((2, region.n_channels, fccd.CLOCKED_ROWS, 2), x.float32),
+                x.ones(region.shape, bool))
 
     # -- the steps, in channel layout ---------------------------------------------
-    def _channel_steps(self, raw: Array, region: fccd.RawRegion) -> tuple[Array, Array, Array]:
+    def _channel_steps(
+        self, raw: Array, region: fccd.RawRegion, calib: tuple[Array, Array, Array]
+    ) -> tuple[Array, Array, Array]:
         s, x = self.settings, self.xp
+        dark, dark_ov, good = calib
         n = raw.shape[0]
         layout = region.take(raw, out=x.empty((n, *region.shape), x.float32))
         flat = layout.reshape(n, -1)
         # lost samples (dropped packets arrive as zeros) and saturation are rare: look
         # closer only at the frames that have any
         counts = x.zeros((2, n), x.int64)
-        usable = self._good
+        usable = good
         if bool((flat.min(axis=1) == 0).any()):
             lost = layout == 0
-            usable = self._good & ~lost
-            counts[0] = (lost & self._good)[..., : fccd.PIXEL_COLUMNS].reshape(n, -1).sum(axis=1)
+            usable = good & ~lost
+            counts[0] = (lost & good)[..., : fccd.PIXEL_COLUMNS].reshape(n, -1).sum(axis=1)
         if bool((flat.max(axis=1) >= s.saturation_adu).any()):
             sat = (layout >= s.saturation_adu)[..., : fccd.PIXEL_COLUMNS]
             counts[1] = sat.reshape(n, -1).sum(axis=1)
-        subtract_dark(layout, self._dark)
+        subtract_dark(layout, dark)
         ov = region.overscan(raw)
         ov_valid = ov != 0
-        ov = ov.astype(x.float32) - self._dark_ov
+        ov = ov.astype(x.float32) - dark_ov
         offsets = overscan_fit(ov, s.overscan_order, s.overscan_skip_rows, ov_valid)
         subtract_overscan(layout, offsets, region.rows)
         if s.background:
@@ -667,8 +668,8 @@ class Preprocessor:
     def find_center(self, raw: Array) -> tuple[float, float]:
         """Step 1: centre of mass of the batch's thresholded mean pattern, on the whole detector."""
         x = self.xp
-        region = self._layouts(fccd.RawRegion.full())
-        layout, _, _ = self._channel_steps(x.asarray(raw), region)
+        region = fccd.RawRegion.full()
+        layout, _, _ = self._channel_steps(x.asarray(raw), region, self._layouts(region))
         image = region.assemble(layout, 0, 0, *fccd.IMAGE_SHAPE)
         image = self._image_steps(
             image, x.asarray(self.settings.beamstop.transmission_map(fccd.IMAGE_SHAPE))
@@ -687,7 +688,7 @@ class Preprocessor:
         if self.region is None:
             self._set_center(self.find_center(raw))
         assert self.region is not None
-        layout, counts, ripple = self._channel_steps(raw, self.region)
+        layout, counts, ripple = self._channel_steps(raw, self.region, self._calib)
         image = self.region.assemble(layout, *self.crop)
         image = self._image_steps(image, self._beamstop)
         frames = fourier_downsample(image, s.frame_px, win=self._window)
