@@ -41,19 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     r2c.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
-        try:
-            return _demo(args)
-        except (ValueError, RuntimeError) as err:
-            print(f"bluesky-ptycho demo: {err}", file=sys.stderr)
-            return 2
-    if args.command == "raw2cxi":
-        try:
-            return _raw2cxi(args)
-        except (ValueError, RuntimeError) as err:
-            print(f"bluesky-ptycho raw2cxi: {err}", file=sys.stderr)
-            return 2
-    return 1  # pragma: no cover
+    command = {"demo": _demo, "raw2cxi": _raw2cxi}[args.command]
+    try:
+        return command(args)
+    except (ValueError, RuntimeError) as err:
+        print(f"bluesky-ptycho {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 def _settings(pairs: list[str]) -> dict:
