@@ -164,7 +164,6 @@ def raw_to_cxi(
             bar.close()
     if not kept:
         raise ValueError(f"every frame of {frames_path} was flagged: {sorted(set(flags.values()))}")
-    illumination = None
     zp = md.get("zone_plate") or {}
     illumination = to_numpy(probe_estimate(
         xp.asarray(total / len(kept)), defocus_m=float(zp.get("defocus_m", 0.0)),

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..core._array import get_xp, to_numpy
 from ..core.geometry import Geometry
-from ..core.stxm import probe_estimate, stxm_contrast
+from ..core.stxm import check_probe_settings, probe_estimate, stxm_contrast
 from .base import DerivedRun, Stage
 
 
@@ -48,10 +48,7 @@ class StxmProbe(Stage):
         self.xp = get_xp(device)
         if not (isinstance(probe_frames, int) and probe_frames >= 1):
             raise ValueError(f"stxm: probe_frames={probe_frames!r} must be an integer >= 1")
-        if not 0 < level < 1 or not 0 < support <= 0.5:
-            raise ValueError(
-                f"stxm: level={level!r} must lie in (0, 1) and support={support!r} in (0, 0.5]"
-            )
+        check_probe_settings(level, support, "stxm")
         self.probe_frames, self.level, self.support = probe_frames, level, support
         self.defocus = bool(defocus)
         self._optics: dict = {}

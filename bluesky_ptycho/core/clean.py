@@ -289,12 +289,10 @@ def ripple_lines(
         Frequencies in cycles per sample, each refined between bins from the
         power of its neighbours (the ratio of a rectangular window's sinc).
     """
-    xp = get_xp(series)
     n_t = series.shape[-1]
     spec = rfft(series * background)
     power = spec.real**2 + spec.imag**2
     mean = to_numpy(power.reshape(-1, power.shape[-1]).mean(axis=0)).astype(np.float64)
-    del xp
     lo = max(1, int(np.ceil(min_cycles * n_t)))
     floor = np.median(mean[lo:]) if len(mean) > lo else 0.0
     above = mean > power_threshold * floor

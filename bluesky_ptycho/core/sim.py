@@ -375,6 +375,10 @@ class FCCDNoiseModel:
         )
         n_hot = round(d.hot_fraction * n)
         self.hot_index, self.dead_index = np.sort(picked[:n_hot]), np.sort(picked[n_hot:])
+        # a dead pixel is stuck at its channel's static offset: no noise, no light
+        static = np.empty(fccd.RAW_SHAPE, np.float32)
+        fccd.raw_blocks(static)[...] = fccd.per_channel_to_raw(self.static_offsets)
+        self.dead_value = static.reshape(-1)[self.dead_index]
         self.hot_scale = np.exp(rng.uniform(np.log(5), np.log(500), n_hot)).astype(np.float32)
         if d.noisy_channel is not None:
             if not 0 <= d.noisy_channel < fccd.N_CHANNELS:
@@ -484,10 +488,7 @@ class FCCDNoiseModel:
             photons = image
             raw += fccd.image_to_raw(image * np.float32(self.adu_per_photon))
         if len(self.dead_index):
-            # stuck at the channel's static offset: no noise, no light
-            static = np.empty(fccd.RAW_SHAPE, np.float32)
-            fccd.raw_blocks(static)[...] = fccd.per_channel_to_raw(self.static_offsets)
-            flat[self.dead_index] = static.reshape(-1)[self.dead_index]
+            flat[self.dead_index] = self.dead_value
         np.clip(raw, 0, self.full_scale_adu, out=raw)
         out = raw.astype(np.uint16)
         dropped = np.zeros(fccd.RAW_SHAPE, bool)

@@ -32,6 +32,14 @@ def stxm_contrast(frames: Array) -> tuple[Array, Array, Array]:
     return photons, dpc_y, dpc_x
 
 
+def check_probe_settings(level: float, support: float, who: str) -> None:
+    """Refuse a cut *level* outside (0, 1) or a *support* outside (0, 0.5], naming *who* asked."""
+    if not 0 < level < 1 or not 0 < support <= 0.5:
+        raise ValueError(
+            f"{who}: level={level!r} must lie in (0, 1) and support={support!r} in (0, 0.5]"
+        )
+
+
 def probe_estimate(
     mean_pattern: Array,
     level: float = 0.1,
@@ -61,10 +69,7 @@ def probe_estimate(
     -------
     (n, n) complex64, centred
     """
-    if not 0 < level < 1 or not 0 < support <= 0.5:
-        raise ValueError(
-            f"probe_estimate: level={level!r} must lie in (0, 1) and support={support!r} in (0, 0.5]"
-        )
+    check_probe_settings(level, support, "probe_estimate")
     if defocus_m and (wavelength_m is None or pixel_size_m is None):
         raise ValueError("probe_estimate: a defocus needs wavelength_m and pixel_size_m")
     xp = get_xp(mean_pattern)
