@@ -1,4 +1,4 @@
-"""Benchmarks: FCCD frame cleaning and ePIE throughput, NumPy and (where present) CuPy.
+"""Benchmarks: FCCD frame cleaning throughput, NumPy and (where present) CuPy (solvers: solvers.py).
 
 Run with ``make bench`` (or ``python benchmarks/run.py``). Prints a table and
 writes it as JSON next to this file (``results-<host>.json``); the figures go
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bluesky_ptycho.core import clean, fccd, ptycho, sim
+from bluesky_ptycho.core import clean, fccd, sim
 from bluesky_ptycho.core.dark import RunningDarkStats
 from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
 
@@ -91,23 +91,6 @@ def _one_core():
     return undo
 
 
-def bench_epoch(xp, n_points=400, epochs=3):
-    """Seconds per ePIE epoch over n_points frames of 128²."""
-    g = Geometry()
-    pos_m = sim.fermat_positions(n_points, 100e-9)
-    grid = ptycho.object_grid(pos_m, g.object_pixel_size_m, g.frame_px)
-    frames = np.random.default_rng(0).poisson(20, (n_points, 128, 128)).astype(np.float32)
-    s = ptycho.StreamingEpie(xp.asarray(grid.to_pixels(pos_m)), grid.shape,
-                             xp.asarray(sim.fzp_probe(g, ZonePlate())))
-    s.add_frames(np.arange(n_points), xp.asarray(frames))
-    s.iterate(1)
-    _sync(xp)
-    t0 = time.perf_counter()
-    s.iterate(epochs)
-    _sync(xp)
-    return (time.perf_counter() - t0) / epochs
-
-
 def main() -> int:
     g = Geometry()
     rng = np.random.default_rng(0)
@@ -142,9 +125,6 @@ def main() -> int:
                     xp, raws, dark, settings, batch=32
                 )
             rows.append(row)
-        epoch = bench_epoch(xp)
-        rows.append({"backend": name, "epie_s_per_epoch_400x128": epoch,
-                     "epie_frames_per_s": 400 / epoch})
     print(f"machine: {machine}; python {sys.version.split()[0]}; numpy {np.__version__}")
     print("cleaning: full raw FCCD frames (1152 × 1940 uint16, all nine steps, crop 512) → out_px²")
     for r in rows:

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--step", type=float, default=100e-9, help="step between points in m")
     demo.add_argument("--darks", type=int, default=25, help="dark frames (default 25)")
     demo.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="array backend")
-    demo.add_argument("--final-epochs", type=int, default=40, help="epochs after the last frame")
+    demo.add_argument("--final-iterations", type=int, default=40, help="iterations after the last frame")
     demo.add_argument("--output", type=Path, default=Path("out/demo"), help="output folder")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     r2c = sub.add_parser(
@@ -103,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
         step=args.step,
         num_darks=args.darks,
         device=args.device,
-        final_epochs=args.final_epochs,
+        final_iterations=args.final_iterations,
         output=args.output,
         progress=not args.quiet,
     )
@@ -113,7 +113,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"final image {result.after_scan_seconds:.1f} s after the scan ({wall:.1f} s in all)"
     )
     print(
-        f"reconstruction: {result.epochs} epochs, data error {result.data_error:.4g}, "
+        f"reconstruction: {result.iterations} iterations, data error {result.data_error:.4g}, "
         f"object error {result.object_error:.3f} against the simulated truth "
         "(global phase and scale removed, illuminated region)"
     )

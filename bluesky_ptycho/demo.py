@@ -25,7 +25,7 @@ class DemoResult:
     num_darks: int
     scan_seconds: float
     after_scan_seconds: float
-    epochs: int
+    iterations: int
     data_error: float
     object_error: float
     flags: dict
@@ -40,7 +40,7 @@ def run_demo(
     step: float = 100e-9,
     num_darks: int = 25,
     device: str = "cpu",
-    final_epochs: int = 40,
+    final_iterations: int = 40,
     output: Path | str = Path("out/demo"),
     progress: bool = True,
     keep_documents: bool = False,
@@ -59,7 +59,7 @@ def run_demo(
     shutter = Shutter(name="shutter")
     fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=output / "raw")
     pipeline = Pipeline(
-        device=device, output_dir=output, reconstruction={"final_epochs": final_epochs}
+        device=device, output_dir=output, reconstruction={"final_iterations": final_iterations}
     )
     docs: list = []
     if keep_documents:
@@ -95,7 +95,7 @@ def run_demo(
         num_darks=num_darks,
         scan_seconds=t_scan,
         after_scan_seconds=t_done - t_scan,
-        epochs=r.epochs,
+        iterations=r.iterations,
         data_error=r.errors[-1],
         object_error=err,
         flags=r.flags,
@@ -148,7 +148,7 @@ class _Progress:
         self.bar = tqdm(total=total, unit="pt", desc="scan", dynamic_ncols=True)
         self._primary: set[str] = set()
         self._iteration: set[str] = set()
-        self._post = {"epoch": 0, "error": float("nan")}
+        self._post = {"iteration": 0, "error": float("nan")}
         pipeline.subscribe(self.derived)
 
     def raw(self, name: str, doc: dict) -> None:
@@ -162,7 +162,7 @@ class _Progress:
             self._iteration.add(doc["uid"])
         elif name == "event" and doc["descriptor"] in self._iteration:
             self.bar.set_postfix(
-                epoch=doc["data"]["epoch"],
+                iteration=doc["data"]["iteration"],
                 error=f"{doc['data']['data_error']:.3g}",
                 frames=doc["data"]["n_measured"],
                 refresh=False,
@@ -186,7 +186,7 @@ def _figure(path: Path, r, truth: np.ndarray, region: np.ndarray, err: float) ->
     panels = [
         (np.angle(obj[crop]), "object phase (rad)", "twilight"),
         (np.abs(obj[crop]) / np.median(np.abs(obj[region])), "object amplitude (rel.)", "gray"),
-        (np.abs(r.probe), "probe amplitude", "magma"),
+        (np.abs(r.probe[0]), "probe amplitude (first mode)", "magma"),
         (np.angle(truth[crop]), "true phase (rad)", "twilight"),
         (np.abs(truth[crop]), "true amplitude", "gray"),
     ]
@@ -197,7 +197,7 @@ def _figure(path: Path, r, truth: np.ndarray, region: np.ndarray, err: float) ->
         fig.colorbar(im, ax=a, shrink=0.8)
     a = ax[1, 2]
     a.semilogy(np.arange(1, len(r.errors) + 1), r.errors)
-    a.set_xlabel("epoch")
+    a.set_xlabel("iteration")
     a.set_ylabel("data error")
     a.set_title(f"object error {err:.3f}")
     fig.savefig(path, dpi=80)

@@ -16,7 +16,7 @@ def test_demo_run_documents_validate_and_resolve(tmp_path):
     res = run_demo(
         num_points=80,
         num_darks=5,
-        final_epochs=15,
+        final_iterations=15,
         output=tmp_path,
         progress=False,
         keep_documents=True,

@@ -65,7 +65,7 @@ def test_bad_frames_are_flagged_and_the_run_goes_on(tmp_path):
     nan_frame = np.full(fccd.RAW_SHAPE, 4100.0)
     nan_frame[100:110, 200:300] = np.nan
     bad = {5: np.zeros((100, 100), np.uint16), 11: nan_frame}
-    pipe = Pipeline(output_dir=tmp_path, reconstruction={"final_epochs": 3, "min_frames": 4})
+    pipe = Pipeline(output_dir=tmp_path, reconstruction={"final_iterations": 3, "min_frames": 4})
     out = []
     pipe.subscribe(lambda n, d: out.append((n, d)))
     uid = None
@@ -80,7 +80,7 @@ def test_bad_frames_are_flagged_and_the_run_goes_on(tmp_path):
     assert set(r.flags) == {5, 11}
     assert "wrong shape (100, 100)" in r.flags[5] and "non-finite" in r.flags[11]
     assert r.weights[5] == 0 and r.weights[11] == 0 and r.weights.sum() == 38
-    assert r.epochs >= 3 and np.isfinite(r.object).all()
+    assert r.iterations >= 3 and np.isfinite(r.object).all()
     cleaned = [d for n, d in out if n == "event" and "frame" in d["data"]]
     assert len(cleaned) == 40  # flagged frames are passed on, not dropped
     assert run.export.path.exists()
@@ -132,7 +132,7 @@ def test_bad_input_frames_are_flagged_with_the_reason():
     }
     run, _ = _run_pipeline(
         _synthetic_run(num_points=12, bad=bad),
-        reconstruction={"final_epochs": 1, "min_frames": 4},
+        reconstruction={"final_iterations": 1, "min_frames": 4},
     )
     assert all(not e for e in run.errors.values()), run.errors
     flags = run.recon.result.flags
@@ -148,7 +148,7 @@ def test_runs_without_usable_darks_are_cleaned_with_the_overscan(caplog):
     for name, doc in docs:
         if name == "event" and "stage_x" not in doc["data"]:
             doc["data"]["fccd_image"] = np.zeros((10, 10), np.uint16)
-    run, _ = _run_pipeline(docs, reconstruction={"final_epochs": 1, "min_frames": 2})
+    run, _ = _run_pipeline(docs, reconstruction={"final_iterations": 1, "min_frames": 2})
     assert [why for _, why in run.dark.skipped] == ["wrong shape (10, 10), expected (1152, 1940)"] * 3
     assert run.clean.n_cleaned == 6 and run.clean.n_flagged == 0
     assert "no dark frames for this run" in caplog.text
@@ -173,7 +173,7 @@ def test_stxm_and_probe_estimate_feed_the_reconstruction():
     run, out = _run_pipeline(
         _synthetic_run(num_points=60),
         stxm={"probe_frames": 16},
-        reconstruction={"final_epochs": 30, "min_frames": 16, "initial_probe": "estimate"},
+        reconstruction={"final_iterations": 30, "min_frames": 16, "initial_probe": "estimate"},
     )
     assert all(not e for e in run.errors.values()), run.errors
     stxm = [d["data"] for n, d in out if n == "event" and "dpc_x" in d["data"]]

@@ -27,6 +27,7 @@ from event_model import DocumentRouter, compose_run
 
 Callback = Callable[[str, dict], Any]
 _STOP = object()
+_CALL = object()
 
 
 class Stage(DocumentRouter):
@@ -88,6 +89,10 @@ class Stage(DocumentRouter):
         self._queue.put((name, doc))
         return name, doc
 
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run *fn()* on the stage's thread, in turn with the documents (from any thread)."""
+        self._queue.put((_CALL, fn))
+
     def close(self) -> None:
         """Stop the worker after the documents already queued."""
         self._queue.put((_STOP, None))
@@ -114,6 +119,9 @@ class Stage(DocumentRouter):
             name, doc = item
             if name is _STOP:
                 break
+            if name is _CALL:
+                self._guarded(doc)
+                continue
             self._guarded(lambda n=name, d=doc: self._dispatch(n, d, False))
         self.done.set()
 

@@ -1,16 +1,19 @@
-"""Streaming reconstruction stage: ePIE with probe refinement while frames arrive."""
+"""Streaming reconstruction stage: any of the core solvers, iterating while frames arrive."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..core._array import backend, to_numpy
 from ..core.geometry import Geometry, ZonePlate
-from ..core.ptycho import EpieOptions, ObjectGrid, StreamingEpie, object_grid, probe_from_counts
+from ..core.ptycho import ObjectGrid, object_grid, probe_from_counts
 from ..core.sim import fzp_probe
+from ..core.solvers import Solver, SolverOptions, make_options, solver_class
+from ..core.stream import Snapshot, StreamingReconstruction
 from .base import DerivedRun, Stage
 
 
@@ -25,32 +28,36 @@ class ReconstructionResult:
     weights: np.ndarray
     illumination: np.ndarray
     flags: dict[int, str] = field(default_factory=dict)
-    epochs: int = 0
+    iterations: int = 0
     seconds: float = 0.0
 
 
-class StreamingReconstruction(Stage):
-    """Allocates for the whole scan at its start, iterates as frames arrive.
+class StreamingReconstructionStage(Stage):
+    """Allocates a solver for the whole scan at its start; iterates in the background as frames arrive.
 
     Input: the ``frame_cleaning`` derived run. Frames not yet measured, and
     frames flagged invalid, have zero weight. Output: a derived run with
-    stream ``iteration`` (one event per epoch: data error, frames in use) and
-    stream ``snapshot`` (object, probe) at most every ``snapshot_interval``
-    seconds, the last one with ``final=True`` after ``final_epochs`` epochs
-    past the end of the scan.
+    stream ``iteration`` (one event per iteration: data error, frames in
+    use) and stream ``snapshot`` (object, probe modes) at most every
+    ``snapshot_interval`` seconds, the last one with ``final=True`` after
+    ``final_iterations`` iterations past the end of the scan.
 
     Parameters
     ----------
     device : {"cpu", "gpu"}
-    final_epochs : int
-        Epochs run after the last frame.
+    algorithm : {"rpie", "epie", "dm", "raar", "lsqml"}
+        The solver (:mod:`bluesky_ptycho.core.solvers`).
+    options : dict, optional
+        The solver's options by name (``probe_modes``, ``batch_size``, …);
+        unknown names are refused before the scan starts.
+    final_iterations : int
+        Iterations run after the last frame.
     snapshot_interval : float
         Seconds between snapshots while iterating.
     min_frames : int
         Frames needed before iterating starts.
-    max_epochs : int
-        Cap on epochs while the scan still runs (0: no cap).
-    options : EpieOptions, optional
+    max_live_iterations : int
+        Cap on iterations while the scan still runs (0: no cap).
     initial_probe : {"zone_plate", "estimate"}
         Start from the zone plate in the run's metadata, or wait for the
         ``stxm`` stage's probe estimate from the mean pattern (the zone
@@ -62,11 +69,12 @@ class StreamingReconstruction(Stage):
     def __init__(
         self,
         device: str = "cpu",
-        final_epochs: int = 40,
+        algorithm: str = "rpie",
+        options: dict[str, Any] | None = None,
+        final_iterations: int = 40,
         snapshot_interval: float = 1.0,
         min_frames: int = 16,
-        max_epochs: int = 0,
-        options: EpieOptions | None = None,
+        max_live_iterations: int = 0,
         initial_probe: str = "zone_plate",
     ) -> None:
         self.xp = backend(device)
@@ -74,22 +82,29 @@ class StreamingReconstruction(Stage):
             raise ValueError(
                 f"reconstruction: initial_probe={initial_probe!r} must be 'zone_plate' or 'estimate'"
             )
+        self.solver_type: type[Solver] = solver_class(algorithm)
+        self.algorithm = algorithm
+        self.options: SolverOptions = make_options(algorithm, **(options or {}))
+        if final_iterations < 0 or min_frames < 1 or not snapshot_interval > 0:
+            raise ValueError(
+                f"reconstruction: final_iterations={final_iterations} (>= 0), "
+                f"min_frames={min_frames} (>= 1), snapshot_interval={snapshot_interval} (> 0 s)"
+            )
         self.initial_probe = initial_probe
         self._probe_ready = initial_probe == "zone_plate"
-        self.final_epochs = int(final_epochs)
+        self.final_iterations = int(final_iterations)
         self.snapshot_interval = float(snapshot_interval)
         self.min_frames = int(min_frames)
-        self.max_epochs = int(max_epochs)
-        self.options = options or EpieOptions()
-        self.engine: StreamingEpie | None = None
+        self.max_live_iterations = int(max_live_iterations)
+        self.stream: StreamingReconstruction | None = None
         self.grid: ObjectGrid | None = None
+        self.n_points = 0
         self.flags: dict[int, str] = {}
         self.result: ReconstructionResult | None = None
         self._out: DerivedRun | None = None
+        self._pending: list[tuple] = []
         self._source_done = False
-        self._epochs_after = 0
         self._scaled = False
-        self._last_snapshot = 0.0
         self._t0 = 0.0
         super().__init__()
 
@@ -97,13 +112,13 @@ class StreamingReconstruction(Stage):
         if doc.get("stage") != "frame_cleaning":
             return
         md = doc["ptycho"]
+        self._md = md
         g = Geometry.from_metadata(md)
         positions = np.asarray(md["positions_m"], dtype=np.float64)
         self.grid = object_grid(positions, g.object_pixel_size_m, g.frame_px, margin_px=16)
-        probe = self.xp.asarray(fzp_probe(g, ZonePlate(**md.get("zone_plate", {}))))
-        self.engine = StreamingEpie(
-            self.grid.to_pixels(positions), self.grid.shape, probe, self.options
-        )
+        self.n_points = len(positions)
+        self._probe = fzp_probe(g, ZonePlate(**md.get("zone_plate", {})))
+        self._positions_px = self.grid.to_pixels(positions)
         self._t0 = time.monotonic()
         self._out = DerivedRun(
             self,
@@ -115,45 +130,66 @@ class StreamingReconstruction(Stage):
                     "origin_m": list(self.grid.origin_m),
                     "pixel_size_m": self.grid.pixel_size_m,
                 },
-                "algorithm": "epie",
-                "options": vars(self.options),
+                "algorithm": self.solver_type.name,
+                "options": asdict(self.options),
             },
         )
         self.log.info(
-            "allocated %d frames of %s, object %s",
+            "%s: %d frames of %s, object %s",
+            self.solver_type.name,
             len(positions),
             (g.frame_px,) * 2,
             self.grid.shape,
         )
 
+    def _begin(self, mean_counts: float | None) -> None:
+        """Allocate the solver and start iterating (the probe is known now)."""
+        assert self.grid is not None
+        probe = self.xp.asarray(self._probe)
+        if mean_counts is not None:
+            probe = probe_from_counts(probe, mean_counts)
+        solver = self.solver_type(self._positions_px, self.grid.shape, probe, self.options)
+        self.stream = StreamingReconstruction(
+            solver,
+            snapshot_interval=self.snapshot_interval,
+            final_iterations=self.final_iterations,
+            min_frames=self.min_frames,
+            max_live_iterations=self.max_live_iterations,
+            on_snapshot=lambda snap: self.call_soon(lambda: self._publish_snapshot(snap)),
+            on_iteration=lambda *a: self.call_soon(lambda: self._publish_iteration(*a)),
+            on_error=lambda err: self.call_soon(lambda: self._finish(None)),
+        )
+        for item in self._pending:
+            self.stream.add_frames(*item)
+        self._pending = []
+
     def event_page(self, doc: dict) -> None:
         if "probe" in doc["data"] and "n_frames" in doc["data"]:
             self._probe_estimate(doc["data"])
             return
-        if self.engine is None or self.grid is None or "frame" not in doc["data"]:
+        if self.grid is None or "frame" not in doc["data"]:
             return
         d = doc["data"]
         valid = np.asarray(d["valid"], bool)
         points = np.asarray(d["point"], np.int64)
-        n = len(self.engine.weights)
-        in_range = (points >= 0) & (points < n)
+        in_range = (points >= 0) & (points < self.n_points)
         for p in points[~in_range]:
             self.flags[int(p)] = "point index outside the scan"
-        for p, why in zip(
-            points[in_range & ~valid], np.asarray(d["flag"])[in_range & ~valid], strict=True
-        ):
+        bad = in_range & ~valid
+        for p, why in zip(points[bad], np.asarray(d["flag"])[bad], strict=True):
             self.flags[int(p)] = str(why)
-            self.engine.flag([p])
         ok = in_range & valid
-        if not ok.any():
-            return
-        frames = np.stack(
-            [np.asarray(f, np.float32) for f, k in zip(d["frame"], ok, strict=True) if k]
+        frames = (
+            np.stack([np.asarray(f, np.float32) for f, k in zip(d["frame"], ok, strict=True) if k])
+            if ok.any()
+            else np.zeros((0, 1, 1), np.float32)
         )
         finite = np.isfinite(frames).all(axis=(1, 2))
         for p in points[ok][~finite]:
             self.flags[int(p)] = "non-finite values after cleaning"
-            self.engine.flag([p])
+        flagged = np.concatenate([points[bad], points[ok][~finite]])
+        if len(flagged) and self.stream is not None:
+            self.stream.flag(flagged)  # a re-measured point that came out bad
         frames, pts = frames[finite], points[ok][finite]
         if not len(pts):
             return
@@ -161,97 +197,92 @@ class StreamingReconstruction(Stage):
             [np.asarray(d["x"], float)[ok][finite], np.asarray(d["y"], float)[ok][finite]], 1
         )
         pos = None if np.isnan(xy).any() else self.grid.to_pixels(xy)
-        if not self._scaled:
-            self.engine.probe = probe_from_counts(
-                self.engine.probe, float(frames.sum(axis=(1, 2)).mean())
-            )
-            self._scaled = True
-        self.engine.add_frames(pts, frames, pos)
+        item = (pts, frames, pos)
+        if self.stream is not None:
+            self.stream.add_frames(*item)
+            return
+        self._pending.append(item)
+        if self._probe_ready:
+            self._begin(float(frames.sum(axis=(1, 2)).mean()))
 
     def _probe_estimate(self, data: dict) -> None:
         """The stxm stage's probe estimate: the starting probe when asked for, before iterating."""
-        if self._probe_ready or self.engine is None or self.engine.epoch > 0:
+        if self._probe_ready or self.grid is None:
             return
         probe = np.asarray(data["probe"][-1], np.complex64)
-        if probe.shape != tuple(self.engine.probe.shape):
+        if probe.shape != self._probe.shape[-2:]:
             self.log.warning("probe estimate of shape %s ignored: the frames are %s",
-                             probe.shape, tuple(self.engine.probe.shape))
+                             probe.shape, self._probe.shape[-2:])
             return
-        self.engine.probe = self.xp.asarray(probe)
-        self._scaled = True  # the estimate carries the data's scale
+        self._probe = probe
         self._probe_ready = True
         self.log.info("starting from the probe estimated from %d frames", data["n_frames"][-1])
+        self._begin(None)  # the estimate carries the data's scale
 
     def stop(self, doc: dict) -> None:
-        if self._out is not None and doc["run_start"] == self._out.start_doc["source_run"]:
-            self._source_done = True
+        if self._out is None or doc["run_start"] != self._out.start_doc["source_run"]:
+            return
+        self._source_done = True
+        if self.stream is None:
             if not self._probe_ready:
                 self.log.warning("no probe estimate came: starting from the zone plate")
                 self._probe_ready = True
-            if self.engine is None or self.engine.n_measured == 0:
-                self._finish()
-
-    # -- iterating ---------------------------------------------------------------------
-    def has_work(self) -> bool:
-        e = self.engine
-        if e is None or self._out is None or self._out.stopped or not self._probe_ready:
-            return False
-        if e.n_measured < min(self.min_frames, len(e.weights)) and not self._source_done:
-            return False
-        if not self._source_done and self.max_epochs and e.epoch >= self.max_epochs:
-            return False
-        return e.n_measured > 0
-
-    def work(self) -> None:
-        assert self.engine is not None and self._out is not None
-        err = self.engine.iterate(1)
-        if err:
-            self._out.event(
-                "iteration",
-                {
-                    "epoch": int(self.engine.epoch),
-                    "data_error": float(err[0]),
-                    "n_measured": int(self.engine.n_measured),
-                    "elapsed": time.monotonic() - self._t0,
-                },
-            )
-        if self._source_done:
-            self._epochs_after += 1
-            if self._epochs_after >= self.final_epochs:
-                self._finish()
+            if not self._pending:
+                self._finish(None)
                 return
-        if time.monotonic() - self._last_snapshot >= self.snapshot_interval:
-            self._snapshot(final=False)
+            counts = np.concatenate([f.sum(axis=(1, 2)) for _, f, _ in self._pending])
+            self._begin(float(counts.mean()))
+        assert self.stream is not None
+        self.stream.finish()
 
-    def _snapshot(self, final: bool) -> None:
-        assert self.engine is not None and self._out is not None
-        self._last_snapshot = time.monotonic()
+    # -- what the solver's thread reports, published on the stage's thread ---------------
+    def _publish_iteration(self, iteration: int, error: float, n_measured: int) -> None:
+        if self._out is None or self._out.stopped:
+            return
         self._out.event(
-            "snapshot",
+            "iteration",
             {
-                "object": to_numpy(self.engine.object),
-                "probe": to_numpy(self.engine.probe),
-                "epoch": int(self.engine.epoch),
-                "n_measured": int(self.engine.n_measured),
-                "data_error": float(self.engine.errors[-1]) if self.engine.errors else float("nan"),
-                "final": bool(final),
+                "iteration": int(iteration),
+                "data_error": float(error),
+                "n_measured": int(n_measured),
+                "elapsed": time.monotonic() - self._t0,
             },
         )
 
-    def _finish(self) -> None:
+    def _publish_snapshot(self, snap: Snapshot) -> None:
+        if self._out is None or self._out.stopped:
+            return
+        self._out.event(
+            "snapshot",
+            {
+                "object": snap.object,
+                "probe": snap.probe,
+                "iteration": int(snap.iteration),
+                "n_measured": int(snap.n_measured),
+                "data_error": float(snap.data_error),
+                "final": bool(snap.final),
+            },
+        )
+        if snap.final:
+            self._finish(snap)
+
+    def _finish(self, snap: Snapshot | None) -> None:
         assert self._out is not None
-        if self.engine is not None and self.grid is not None:
-            self._snapshot(final=True)
+        if snap is not None and self.stream is not None and self.grid is not None:
+            solver = self.stream.solver
             self.result = ReconstructionResult(
-                object=to_numpy(self.engine.object),
-                probe=to_numpy(self.engine.probe),
+                object=snap.object,
+                probe=snap.probe,
                 grid=self.grid,
-                errors=list(self.engine.errors),
-                weights=to_numpy(self.engine.weights),
-                illumination=to_numpy(self.engine.illumination()),
+                errors=snap.errors,
+                weights=solver.weights.copy(),
+                illumination=to_numpy(solver.illumination()),
                 flags=dict(self.flags),
-                epochs=self.engine.epoch,
+                iterations=snap.iteration,
                 seconds=time.monotonic() - self._t0,
             )
-        self._out.stop()
+        elif self.stream is not None and self.stream.error is not None:
+            self.errors.append(f"solver failed: {self.stream.error!r}")
+        failed = self.stream is not None and self.stream.error is not None
+        self._out.stop("fail" if failed else "success", "; ".join(self.errors[-1:]))
         self.close()

@@ -520,3 +520,106 @@ def downsample_to_frame(intensity: Array, factor: int) -> Array:
     xp = get_xp(intensity)
     f = ifftshift2(intensity)[..., ::factor, ::factor] * (factor * factor)
     return xp.ascontiguousarray(fftshift2(f))
+
+
+# ------------------------------------------------------------------ a whole scan at frame size
+@dataclass
+class SimulatedScan:
+    """A scan simulated directly at the frame size: the solvers' test bench.
+
+    Attributes
+    ----------
+    geometry : Geometry
+    grid : ObjectGrid
+        The object grid of the scan (16 px margin).
+    positions_m : (N, 2) float64
+        Stage positions (x, y) in m, as the scan reports them.
+    true_positions_px : (N, 2) float64
+        Where the views really were, (row, column) corners on *grid*
+        (differs from the reported ones by ``position_error_px``).
+    object : (Y, X) complex64
+        The true object on *grid*.
+    probe : (M, H, W) complex64
+        The true probe modes, orthogonal, scaled to the photon count.
+    intensities : (N, H, W) float32
+        Poisson-noisy counts, DC at the centre.
+    """
+
+    geometry: Geometry
+    grid: ObjectGrid
+    positions_m: np.ndarray
+    true_positions_px: np.ndarray
+    object: np.ndarray
+    probe: np.ndarray
+    intensities: np.ndarray
+
+    @property
+    def positions_px(self) -> np.ndarray:
+        """The reported positions as view corners on :attr:`grid`."""
+        return self.grid.to_pixels(self.positions_m)
+
+
+def simulate_scan(
+    n_side: int = 16,
+    step_m: float = 100e-9,
+    frame_px: int = 64,
+    photons: float = 1e6,
+    modes: int = 1,
+    mode_power: float = 0.3,
+    position_error_px: float = 0.0,
+    jitter: float = 0.1,
+    seed: int = 0,
+) -> SimulatedScan:
+    """A raster scan of the test object, Poisson noise, optional probe modes and position errors.
+
+    Parameters
+    ----------
+    n_side : int
+        Points per side of the raster (``n_side²`` frames).
+    step_m : float
+        Raster step in m; each point moves by up to ``jitter`` steps at random
+        (a perfect raster has its own ambiguities).
+    frame_px : int
+        Frame side; the geometry is the default's with ``crop_px = 4·frame_px``
+        (the object pixel is ``λz / (crop_px · pixel)``).
+    photons : float
+        Photons per frame (before the object absorbs some).
+    modes : int
+        Probe modes; the second is the zone-plate probe displaced by 3 px
+        (a partially coherent source), orthogonalised, with *mode_power* of
+        the power; further modes follow with half as much each.
+    position_error_px : float
+        RMS error (px) of the reported positions against the true ones.
+    seed : int
+    """
+    from .solvers import orthogonalize_modes
+
+    rng = np.random.default_rng(seed)
+    g = Geometry(frame_px=frame_px, crop_px=4 * frame_px)
+    base = raster_positions(n_side, n_side, step_m)
+    positions = base + rng.uniform(-jitter, jitter, base.shape) * step_m
+    grid = object_grid(positions, g.object_pixel_size_m, frame_px, margin_px=16)
+    obj = test_object(grid.shape, rng)
+    p0 = fzp_probe(g, ZonePlate())
+    probes = [p0]
+    for k in range(1, modes):
+        probes.append(np.roll(p0, (3 * k, 2 * k), axis=(0, 1)))
+    probe = orthogonalize_modes(np.stack(probes).astype(np.complex64))
+    if modes > 1:
+        power = np.array([1.0] + [mode_power * 0.5 ** (k - 1) for k in range(1, modes)])
+        power = power / power.sum()
+        norms = np.sqrt(np.sum(np.abs(probe) ** 2, axis=(1, 2)))
+        probe = probe / norms[:, None, None] * np.sqrt(power)[:, None, None]
+    probe = (probe * np.sqrt(photons / np.sum(np.abs(probe) ** 2))).astype(np.complex64)
+    reported = grid.to_pixels(positions)
+    true = reported + rng.normal(0, position_error_px, reported.shape) if position_error_px else reported
+    clean = far_field_intensity(obj, probe, true)
+    return SimulatedScan(
+        geometry=g,
+        grid=grid,
+        positions_m=positions,
+        true_positions_px=true,
+        object=obj,
+        probe=probe,
+        intensities=rng.poisson(clean).astype(np.float32),
+    )
