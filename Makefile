@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-solvers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +23,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# Solvers against pty-chi (in its own venv, built once), the paper's 1600-frame test.
+.venv-ptychi/bin/python:
+	bash benchmarks/ptychi_env.sh .venv-ptychi
+
+bench-solvers: $(STAMP) .venv-ptychi/bin/python
+	$(BIN)/python benchmarks/solvers.py
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) .venv-ptychi out

@@ -142,6 +142,10 @@ def read_cxi(path: str | os.PathLike) -> CxiData:
         and what was expected.
     """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"CXI file {path} does not exist: give the path of a .cxi file")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"{path} is not an HDF5 file, so not a CXI file")
     with h5py.File(path, "r") as f:
 
         def need(p: str) -> h5py.Dataset:

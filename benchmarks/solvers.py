@@ -1,0 +1,193 @@
+"""Solver benchmarks: against pty-chi, the paper's 1600-frame test, iterations per second.
+
+Run with ``make bench-solvers`` (``python benchmarks/solvers.py [--skip-paper]``).
+Prints the figures and writes ``solvers-<host>.json`` next to this file; they go
+into docs/benchmarks.md with the machine they ran on.
+
+1. **pty-chi**: the same CXI file (20 × 20 raster, 64² frames, 1e6 photons)
+   and the same starting probe; pty-chi's LSQML runs 50 epochs on 2 threads in
+   its own venv (``benchmarks/ptychi_env.sh`` builds it; ``PTYCHI_PYTHON``
+   names its python, default ``.venv-ptychi/bin/python``). Each of our solvers
+   then iterates until its object error (shift, ramp, phase and scale
+   removed) reaches pty-chi's; the wall time to get there is compared.
+2. **The paper's test**: 1600 frames of 128² (40 × 40 raster) handed to the
+   streaming reconstruction at 10 Hz; the time from the last frame to the
+   final image, and how far the live image lags the newest frame.
+3. **Iterations per second** of every solver on 1600 × 128², NumPy, and CuPy
+   where a GPU is present (with the fraction of its memory bandwidth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bluesky_ptycho.core import metrics, ptycho, sim, solvers
+from bluesky_ptycho.core.geometry import ZonePlate
+from bluesky_ptycho.core.stream import StreamingReconstruction
+from bluesky_ptycho.io.cxi import CxiData, write_cxi
+
+HERE = Path(__file__).parent
+
+
+def _start_probe(scan):
+    p = sim.fzp_probe(scan.geometry, ZonePlate(defocus_m=12e-6))
+    return ptycho.probe_from_counts(p, scan.intensities.sum((1, 2)).mean())
+
+
+def _error(solver, scan, region):
+    return metrics.object_error(solver.object, solver.xp.asarray(scan.object), region)
+
+
+def vs_ptychi(threads: int = 2) -> dict:
+    py = os.environ.get("PTYCHI_PYTHON", str(HERE.parent / ".venv-ptychi/bin/python"))
+    scan = sim.simulate_scan(n_side=20, frame_px=64, photons=1e6)
+    probe = _start_probe(scan)
+    out: dict = {"frames": len(scan.intensities), "frame_px": 64}
+    with tempfile.TemporaryDirectory() as tmp:
+        cxi = Path(tmp) / "scan.cxi"
+        g = scan.geometry
+        ps = g.frame_pixel_size_m
+        write_cxi(cxi, CxiData(scan.intensities, np.c_[scan.positions_m, np.zeros(len(scan.positions_m))],
+                               g.energy_ev, g.distance_m, (ps, ps), illumination=probe))
+        np.savez(Path(tmp) / "start.npz", probe=probe, corners=scan.positions_px,
+                 object_shape=np.array(scan.grid.shape))
+        ref = solvers.RPIE(scan.positions_px, scan.grid.shape, probe)
+        ref.add_frames(np.arange(len(scan.intensities)), scan.intensities)
+        region = metrics.illuminated_region(ref.illumination(), 0.3)
+        if Path(py).exists():
+            subprocess.run([py, str(HERE / "ptychi_lsqml.py"), str(cxi), f"{tmp}/start.npz",
+                            f"{tmp}/ptychi.npz", "50", str(threads)], check=True,
+                           stderr=subprocess.DEVNULL)
+            res = np.load(f"{tmp}/ptychi.npz")
+            target = metrics.object_error(res["object"], scan.object, region)
+            out["ptychi"] = {"epochs": 50, "seconds": float(res["seconds"]),
+                             "object_error": float(target)}
+        else:
+            print(f"pty-chi not found at {py}: run benchmarks/ptychi_env.sh; comparing to 0.07")
+            target = 0.07
+        rows = {}
+        for alg in ("rpie", "lsqml", "raar", "dm"):
+            s = solvers.solver_class(alg)(scan.positions_px, scan.grid.shape, probe)
+            s.add_frames(np.arange(len(scan.intensities)), scan.intensities)
+            spent, err = 0.0, 1.0
+            while s.iteration < 300 and err > target:
+                t0 = time.perf_counter()
+                s.iterate(1)
+                spent += time.perf_counter() - t0
+                err = _error(s, scan, region)
+            rows[alg] = {"iterations": s.iteration, "seconds": spent, "object_error": err,
+                         "reached": bool(err <= target)}
+            if "ptychi" in out:
+                rows[alg]["fraction_of_ptychi_time"] = spent / out["ptychi"]["seconds"]
+        out["ours"] = rows
+    return out
+
+
+def paper_scale(rate_hz: float = 10.0, final_iterations: int = 10) -> dict:
+    scan = sim.simulate_scan(n_side=40, frame_px=128, photons=1e6, step_m=100e-9)
+    n = len(scan.intensities)
+    solver = solvers.RPIE(scan.positions_px, scan.grid.shape, _start_probe(scan),
+                          solvers.RpieOptions(batch_size=32))
+    arrivals = np.zeros(n)
+    snaps: list[tuple[float, int]] = []
+    stream = StreamingReconstruction(
+        solver, snapshot_interval=0.5, final_iterations=final_iterations, min_frames=16,
+        on_snapshot=lambda s: snaps.append((time.perf_counter(), s.newest)),
+    )
+    t0 = time.perf_counter()
+    for k in range(n):
+        due = t0 + k / rate_hz
+        time.sleep(max(0.0, due - time.perf_counter()))
+        arrivals[k] = time.perf_counter()
+        stream.add_frames([k], scan.intensities[k : k + 1])
+    last = time.perf_counter()
+    stream.finish()
+    final = stream.wait()
+    done = time.perf_counter()
+    lags = []
+    for k in range(n):
+        later = [t for t, newest in snaps if newest >= k + 1]
+        if later:
+            lags.append(later[0] - arrivals[k])
+    region = metrics.illuminated_region(solver.illumination(), 0.3)
+    return {
+        "frames": n, "frame_px": 128, "rate_hz": rate_hz, "object": list(scan.grid.shape),
+        "scan_seconds": last - t0, "final_after_last_frame_s": done - last,
+        "iterations": final.iteration, "final_iterations": final_iterations,
+        "live_lag_s_median": float(np.median(lags)), "live_lag_s_max": float(np.max(lags)),
+        "object_error": _error(solver, scan, region),
+    }
+
+
+def iteration_rates(xp, n_side: int = 40, frame_px: int = 128) -> list[dict]:
+    scan = sim.simulate_scan(n_side=n_side, frame_px=frame_px, photons=1e6)
+    rows = []
+    for alg in ("rpie", "lsqml", "raar", "dm"):
+        s = solvers.solver_class(alg)(xp.asarray(scan.positions_px), scan.grid.shape,
+                                      xp.asarray(_start_probe(scan)))
+        s.add_frames(np.arange(len(scan.intensities)), xp.asarray(scan.intensities))
+        s.iterate(1)
+        _sync(xp)
+        t0 = time.perf_counter()
+        s.iterate(3)
+        _sync(xp)
+        dt = (time.perf_counter() - t0) / 3
+        row = {"backend": xp.__name__, "algorithm": alg, "frames": len(scan.intensities),
+               "frame_px": frame_px, "s_per_iteration": dt, "iterations_per_s": 1 / dt}
+        if xp is not np:
+            # bytes an iteration must move at least: amplitudes read once, and
+            # each complex view written and read by every FFT pass (≈ 8 passes)
+            n = len(scan.intensities) * frame_px * frame_px
+            moved = n * 4 + 8 * 2 * n * 8
+            peak = _peak_bandwidth(xp)
+            row["bandwidth_fraction"] = moved / dt / peak
+        rows.append(row)
+    return rows
+
+
+def _sync(xp):
+    if xp is not np:
+        xp.cuda.Device().synchronize()
+
+
+def _peak_bandwidth(xp) -> float:
+    props = xp.cuda.runtime.getDeviceProperties(0)
+    return 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8
+
+
+def main() -> int:
+    machine = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    result: dict = {"machine": machine}
+    result["vs_ptychi"] = vs_ptychi()
+    print(json.dumps(result["vs_ptychi"], indent=1))
+    if "--skip-paper" not in sys.argv:
+        result["paper_scale"] = paper_scale()
+        print(json.dumps(result["paper_scale"], indent=1))
+    rows = iteration_rates(np)
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            rows += iteration_rates(cupy) + iteration_rates(cupy, frame_px=256)
+    except Exception:
+        pass
+    result["iteration_rates"] = rows
+    for r in rows:
+        print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in r.items()))
+    out = HERE / f"solvers-{platform.node() or 'host'}.json"
+    out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
