@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks.pipeline import Pipeline
-from .core.metrics import illuminated_region, object_error
+from .core.metrics import align_object, illuminated_region, object_error
 
 
 @dataclass
@@ -178,8 +178,9 @@ def _figure(path: Path, r, truth: np.ndarray, region: np.ndarray, err: float) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c = np.vdot(r.object[region], truth[region])
-    obj = r.object * (c / abs(c))  # global phase removed, as in the error
+    obj = align_object(r.object, truth, region).aligned
+    c = np.vdot(obj[region], truth[region])
+    obj = obj * (c / abs(c))  # shift, phase ramp and global phase removed, as in the error
     ys, xs = np.nonzero(region)
     crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
     fig, ax = plt.subplots(2, 3, figsize=(13, 8.5), constrained_layout=True)

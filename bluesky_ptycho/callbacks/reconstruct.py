@@ -83,7 +83,6 @@ class StreamingReconstructionStage(Stage):
                 f"reconstruction: initial_probe={initial_probe!r} must be 'zone_plate' or 'estimate'"
             )
         self.solver_type: type[Solver] = solver_class(algorithm)
-        self.algorithm = algorithm
         self.options: SolverOptions = make_options(algorithm, **(options or {}))
         if final_iterations < 0 or min_frames < 1 or not snapshot_interval > 0:
             raise ValueError(
@@ -103,8 +102,6 @@ class StreamingReconstructionStage(Stage):
         self.result: ReconstructionResult | None = None
         self._out: DerivedRun | None = None
         self._pending: list[tuple] = []
-        self._source_done = False
-        self._scaled = False
         self._t0 = 0.0
         super().__init__()
 
@@ -112,7 +109,6 @@ class StreamingReconstructionStage(Stage):
         if doc.get("stage") != "frame_cleaning":
             return
         md = doc["ptycho"]
-        self._md = md
         g = Geometry.from_metadata(md)
         positions = np.asarray(md["positions_m"], dtype=np.float64)
         self.grid = object_grid(positions, g.object_pixel_size_m, g.frame_px, margin_px=16)
@@ -222,7 +218,6 @@ class StreamingReconstructionStage(Stage):
     def stop(self, doc: dict) -> None:
         if self._out is None or doc["run_start"] != self._out.start_doc["source_run"]:
             return
-        self._source_done = True
         if self.stream is None:
             if not self._probe_ready:
                 self.log.warning("no probe estimate came: starting from the zone plate")

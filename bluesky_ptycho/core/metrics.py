@@ -1,4 +1,5 @@
-"""Quality metrics of a reconstruction: data error, object error against a truth, FRC.
+"""Quality metrics of a reconstruction: object error against a truth, FRC (the solvers
+report the data error of each iteration themselves).
 
 Ptychography determines the object only up to a global complex factor, a
 linear phase ramp (a shift of the far field against the probe) and a
@@ -15,16 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._array import Array, fft2, get_xp, ifft2, to_numpy
-
-
-def data_error(model_intensity: Array, counts: Array, mask: Array | None = None) -> float:
-    """``Σ (√model − √counts)² / Σ counts`` over valid pixels: the solvers' data error."""
-    xp = get_xp(model_intensity)
-    a = xp.sqrt(xp.maximum(model_intensity, 0))
-    b = xp.sqrt(xp.maximum(xp.asarray(counts), 0))
-    if mask is not None:
-        a, b = a * mask, b * mask
-    return float(xp.sum((a - b) ** 2) / max(float(xp.sum(b**2)), 1e-30))
 
 
 def object_error(

@@ -263,13 +263,6 @@ class FrameStore:
             self.array = _host_empty(xp, (n, *shape), self.dtype)
             self.array[...] = 0
 
-    def __len__(self) -> int:
-        return len(self.array)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.array.nbytes)
-
     def get(self, idx: np.ndarray) -> Array:
         """Rows *idx* (host ints, sorted) as a device array."""
         if self.on_device:
@@ -528,14 +521,26 @@ class Solver:
             probes = self.xp.broadcast_to(self.probe[None], (len(idx), *self.probe.shape))
         return corners, ramps, probes, extract_patches(self.object, corners, self.frame_shape)
 
-    def _modulus(self, far: Array, meas: Array) -> tuple[Array, Array, Array]:
-        """Model amplitude (B, H, W), modulus-constraint scale, and the error sums (num, den)."""
+    def _modulus(self, far: Array, meas: Array) -> tuple[Array, Array]:
+        """The modulus constraint's factor on *far* (B, M, H, W), and the error sums (num, den)."""
         xp = self.xp
         amp = xp.sqrt(xp.sum(far.real**2 + far.imag**2, axis=1))
         scale = xp.where(self.mask, meas / xp.maximum(amp, 1e-12), 1).astype(xp.float32)
         num = xp.sum(xp.where(self.mask, (amp - meas) ** 2, 0))
         den = xp.sum(xp.where(self.mask, meas**2, 0))
-        return amp, scale[:, None], xp.stack([num, den])
+        return scale[:, None], xp.stack([num, den])
+
+    def _illumination_at_views(self, buffer: Array, corners: np.ndarray, probes: Array) -> Array:
+        """The batch's summed illumination ``Σ_jm |S_j P_m|²`` on the object, seen at each view.
+
+        Scattered into *buffer* (zeros, object shape) and cleared again.
+        """
+        xp = self.xp
+        p2 = xp.sum(probes.real**2 + probes.imag**2, axis=1).astype(xp.float32)
+        scatter_add(buffer, corners, p2)
+        local = extract_patches(buffer, corners, self.frame_shape)
+        _clear(buffer, corners, self.frame_shape)
+        return local
 
     def _probe_direction(self, patches: Array, chi: Array, ramps: Array | None) -> Array:
         """``Σ_j S_j*(conj(O_j) χ_jm)`` (M, H, W): the probe's gradient direction from a batch."""
@@ -582,15 +587,6 @@ class Solver:
             corners, _r, probes, _p = self._views(idx)
             scatter_add(out, corners, xp.sum(xp.abs(probes) ** 2, axis=1).astype(xp.float32))
         return out
-
-    def model_intensity(self, indices: Array) -> Array:
-        """Model intensities ``Σ_m |F ψ_jm|²`` of the given points, DC at the centre."""
-        from ._array import fftshift2
-
-        idx = np.sort(np.asarray(to_numpy(indices), dtype=np.int64))
-        _c, _r, probes, patches = self._views(idx)
-        far = fft2(probes * patches[:, None])
-        return fftshift2(self.xp.sum(far.real**2 + far.imag**2, axis=1))
 
 
 def _blocks(indices: np.ndarray, size: int) -> list[np.ndarray]:
@@ -665,18 +661,15 @@ class RPIE(Solver):
             corners, ramps, probes, patches = self._views(idx)
             psi = probes * patches[:, None]
             far = fft2(psi)
-            _amp, scale, e = self._modulus(far, self.amplitudes.get(idx))
+            scale, e = self._modulus(far, self.amplitudes.get(idx))
             err += e
             chi = ifft2(far * scale) - psi  # ψ' − ψ
 
             # Object step: rPIE's preconditioner with the batch's summed
             # illumination, gathered back at each view so overlaps add up right.
-            p2 = xp.sum(probes.real**2 + probes.imag**2, axis=1).astype(xp.float32)
-            scatter_add(den, corners, p2)
-            local = extract_patches(den, corners, self.frame_shape)
+            local = self._illumination_at_views(den, corners, probes)
             denom = (1 - opt.alpha) * local + opt.alpha * xp.max(local)
             obj_step = xp.sum(xp.conj(probes) * chi, axis=1) / denom
-            _clear(den, corners, self.frame_shape)
 
             if update_probe:
                 dprobe = self._probe_direction(patches, chi, ramps)
@@ -716,12 +709,13 @@ class RAAR(Solver):
             self.xp, len(self.weights), (m, *self.frame_shape), np.complex64,
             self.amplitudes.on_device,
         )
+        self._support = self._probe_support()
 
     def _frames_added(self, idx: np.ndarray) -> None:
         counts = self.amplitudes.get(idx)
         brightest = float(self.xp.max(self.xp.sum(counts**2, axis=(1, 2))))
         if brightest > self._max_counts:
-            self._max_counts, self._pbound = brightest, None
+            self._max_counts = brightest
         # a new (or re-measured) frame starts from the current model's exit wave
         _c, _r, probes, patches = self._views(idx)
         self.waves.put(idx, probes * patches[:, None])
@@ -748,7 +742,7 @@ class RAAR(Solver):
             amp_meas = self.amplitudes.get(idx)
             projected = ifft2(far * self._relaxed_scale(far, amp_meas))  # P_F R_O ψ
             self.waves.put(idx, beta * (psi + projected - model) + (1 - beta) * model)
-            _a, _s, e = self._modulus(fft2(model), amp_meas)
+            _s, e = self._modulus(fft2(model), amp_meas)
             err += e
         return float(err[0]) / max(float(err[1]), 1e-30)
 
@@ -760,10 +754,9 @@ class RAAR(Solver):
         relax = self.options.fourier_relax  # type: ignore[attr-defined]
         if relax:
             h, w = self.frame_shape
-            if self._pbound is None:
-                self._pbound = 0.25 * relax**2 * self._max_counts / (h * w)
+            bound = 0.25 * relax**2 * self._max_counts / (h * w)
             err = xp.mean(dev**2, axis=(1, 2), keepdims=True)
-            keep = xp.sqrt(xp.minimum(self._pbound / xp.maximum(err, 1e-30), 1))
+            keep = xp.sqrt(xp.minimum(bound / xp.maximum(err, 1e-30), 1))
             dev = dev * keep.astype(xp.float32)  # the deviation left: within the bound
         else:
             dev = 0
@@ -771,7 +764,6 @@ class RAAR(Solver):
         scale = xp.where(self.mask, target / xp.maximum(amp, 1e-12), 1).astype(xp.float32)
         return scale[:, None]
 
-    _pbound: float | None = None
     _max_counts: float = 0.0
 
     def _object_from_waves(self, blocks: list[np.ndarray]) -> None:
@@ -809,8 +801,8 @@ class RAAR(Solver):
         reg = self.options.regularization * float(xp.max(den))  # type: ignore[attr-defined]
         self.probe = (num / (den + reg) * self._support).astype(xp.complex64)
 
-    @property
-    def _support(self) -> Array:
+    def _probe_support(self) -> Array:
+        """Soft circular mask of radius ``probe_support`` × the frame side (ones when 0)."""
         frac = self.options.probe_support  # type: ignore[attr-defined]
         h, w = self.frame_shape
         if not frac:
@@ -848,7 +840,7 @@ class LSQML(Solver):
             psi = probes * patches[:, None]
             far = fft2(psi)
             meas = self.amplitudes.get(idx)
-            _amp, scale, e = self._modulus(far, meas)
+            scale, e = self._modulus(far, meas)
             err += e
             if opt.noise == "gaussian":
                 chi = ifft2(far * scale) - psi
@@ -856,15 +848,12 @@ class LSQML(Solver):
                 chi = ifft2(far * self._poisson_factor(far, meas))
 
             # preconditioned object direction over the batch
-            p2 = xp.sum(probes.real**2 + probes.imag**2, axis=1).astype(xp.float32)
-            scatter_add(illum, corners, p2)
+            local = self._illumination_at_views(illum, corners, probes)
+            local = local + opt.regularization * xp.max(local)
             grad = xp.sum(xp.conj(probes) * chi, axis=1)
             scatter_add(num, corners, grad)
-            local = extract_patches(illum, corners, self.frame_shape)
-            local = local + opt.regularization * xp.max(local)
             # the direction D = Σ conj(P) χ / (Σ|P|² + δ) on the object, seen at each view
             d_obj = extract_patches(num, corners, self.frame_shape) / local
-            _clear(illum, corners, self.frame_shape)
             _clear(num, corners, self.frame_shape)
             a = probes * d_obj[:, None]  # exit-wave change along the object direction
 

@@ -148,10 +148,6 @@ class StreamingReconstruction:
         """Queue new scan points; *reply(indices)* is called with their indices once added."""
         self._put(("points", (positions, reply)))
 
-    def call(self, fn: Callable[[Solver], Any]) -> None:
-        """Queue ``fn(solver)`` to run on the worker between iterations (a probe to set, say)."""
-        self._put(("call", fn))
-
     def finish(self) -> None:
         """No more frames: run the final iterations, publish the final snapshot, stop."""
         self._put(("finish", None))
@@ -196,8 +192,6 @@ class StreamingReconstruction:
                 new = s.add_points(positions)
                 if reply is not None:
                     reply(new)
-            elif kind == "call":
-                arg(s)
             elif kind == "finish":
                 self._finished = True
 
