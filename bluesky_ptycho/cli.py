@@ -169,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"reconstruction: {result.iterations} iterations, data error {result.data_error:.4g}, "
         f"object error {result.object_error:.3f} against the simulated truth "
-        "(global phase and scale removed, illuminated region)"
+        "(shift, phase ramp, global phase and scale removed; illuminated region)"
     )
     if result.flags:
         print(f"flagged frames: {result.flags}")
