@@ -17,10 +17,38 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pattern", choices=("fermat", "raster"), default="fermat")
     demo.add_argument("--step", type=float, default=100e-9, help="step between points in m")
     demo.add_argument("--darks", type=int, default=25, help="dark frames (default 25)")
-    demo.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="array backend")
-    demo.add_argument("--final-iterations", type=int, default=40, help="iterations after the last frame")
+    demo.add_argument("--device", choices=("cpu", "gpu"), help="array backend (default: the pipeline file's)")
+    demo.add_argument("--final-iterations", type=int, help="iterations after the last frame "
+                      "(default: the pipeline file's)")
     demo.add_argument("--output", type=Path, default=Path("out/demo"), help="output folder")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    _pipeline_args(demo)
+    _catalog_args(demo)
+    demo.add_argument("--no-catalog", action="store_true", help="store nothing in a catalog")
+    stages = sub.add_parser("stages", help="the installed stages: inputs, outputs, parameters")
+    stages.add_argument("names", nargs="*", help="only these stages")
+    check = sub.add_parser("check", help="validate a pipeline file without running anything")
+    check.add_argument("pipeline_file", type=Path)
+    rep_ = sub.add_parser(
+        "replay", help="process a stored run again through a pipeline (new derived runs)",
+        description="Stream a run stored in the catalog through a pipeline, with other "
+        "parameters if asked; the derived runs are stored next to the live ones.",
+    )
+    rep_.add_argument("run", help="uid (or its start), or scan id, of a stored raw run")
+    rep_.add_argument("--device", choices=("cpu", "gpu"))
+    rep_.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                      help="change a parameter, e.g. --set reconstruction.algorithm=lsqml")
+    rep_.add_argument("--output", type=Path, help="also write a CXI file here")
+    rep_.add_argument("--quiet", action="store_true", help="no progress bar")
+    _pipeline_args(rep_)
+    _catalog_args(rep_)
+    runs = sub.add_parser("runs", help="the latest runs in the catalog")
+    runs.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    _catalog_args(runs)
+    logs = sub.add_parser("logs", help="print a run's log (the latest by default)")
+    logs.add_argument("run", nargs="?", help="uid (or its start) or scan id")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="keep printing what is added, and each new run's log")
     r2c = sub.add_parser(
         "raw2cxi", help="raw FCCD frames (HDF5 of the device) → cleaned CXI file",
         description="Clean the raw frames of one scan into a CXI file: dark statistics, the "
@@ -61,13 +89,130 @@ def main(argv: list[str] | None = None) -> int:
                      help="also reconstruct the even and odd frames apart and report their FRC")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    command = {"demo": _demo, "raw2cxi": _raw2cxi, "reconstruct": _reconstruct}[args.command]
+    from .logs import console
+
+    console(logging.WARNING)
+    command = {
+        "demo": _demo, "raw2cxi": _raw2cxi, "reconstruct": _reconstruct, "stages": _stages,
+        "check": _check, "replay": _replay, "runs": _runs, "logs": _logs,
+    }[args.command]
     try:
         return command(args)
-    except (ValueError, RuntimeError, OSError) as err:
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, OSError, LookupError) as err:
         print(f"bluesky-ptycho {args.command}: {err}", file=sys.stderr)
         return 2
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", type=Path, metavar="FILE",
+                   help="pipeline file (TOML; default: the package's default.toml)")
+
+
+def _catalog_args(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument("--catalog", metavar="URI", default=os.environ.get("BLUESKY_PTYCHO_CATALOG"),
+                   help="a Tiled server (default $BLUESKY_PTYCHO_CATALOG, else the embedded "
+                   "on-disk catalog in $BLUESKY_PTYCHO_DATA or the user data directory)")
+    p.add_argument("--api-key", default=os.environ.get("BLUESKY_PTYCHO_API_KEY"),
+                   help="the Tiled server's API key (default $BLUESKY_PTYCHO_API_KEY)")
+
+
+def _open_catalog(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .catalog import Catalog
+
+    return Catalog(args.catalog, api_key=args.api_key)
+
+
+def _stages(args: argparse.Namespace) -> int:
+    from .plugins import available_stages, describe
+
+    names = args.names or available_stages()
+    print("\n\n".join(describe(n) for n in names))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .pipelines import load_pipeline
+
+    spec = load_pipeline(args.pipeline_file)
+    chain = ", ".join(f"{k} ({s.stage}) ← {' + '.join(s.inputs)}" for k, s in spec.stages.items())
+    print(f"{spec.source}: valid; device {spec.device}; {chain}")
+    return 0
+
+
+def _dotted(pairs: list[str]) -> dict:
+    out: dict = {}
+    for key, value in _settings(pairs).items():
+        stage, dot, name = key.partition(".")
+        if not dot:
+            raise ValueError(f"--set {key}=...: write STAGE.KEY=VALUE, e.g. "
+                             "--set reconstruction.final_iterations=100")
+        out.setdefault(stage, {})[name] = value
+    return out
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .catalog import log_dir
+    from .replay import replay
+
+    cat = _open_catalog(args)
+    try:
+        start = cat[args.run].metadata["start"]
+        n = start.get("ptycho", {}).get("num_points", 0) + start.get("ptycho", {}).get("num_darks", 0)
+        bar = tqdm(total=n, unit="ev", desc="replay", disable=args.quiet)
+        result = replay(start["uid"], cat, args.pipeline, _dotted(args.set), args.device,
+                        args.output, log_dir(),
+                        progress=lambda name: bar.update(name == "event"))
+        bar.close()
+        r = result.run.by_stage("reconstruction").result  # type: ignore[attr-defined]
+        print(f"replayed run {result.source_uid} (scan {start.get('scan_id')}) in "
+              f"{result.seconds:.1f} s" + (f": {r.iterations} iterations, data error "
+                                            f"{r.errors[-1]:.4g}" if r is not None else ""))
+        for key, uid in result.derived.items():
+            print(f"  {key:<16} {uid}")
+        print("stored in the catalog" if result.stored else
+              "NOT yet stored: the catalog is unreachable; the documents wait in the spool")
+    finally:
+        cat.close()
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    import datetime
+
+    from tiled.queries import Key
+
+    cat = _open_catalog(args)
+    try:
+        found = cat.runs.search(Key("start.ptycho.num_points") > 0)
+        raw = [r for r in found.values() if "stage" not in r.metadata["start"]]
+        for run in raw[-args.n:]:
+            st = run.metadata["start"]
+            stop = run.metadata.get("stop") or {}
+            when = datetime.datetime.fromtimestamp(st["time"]).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{st['uid']}  scan {st.get('scan_id', '-'):>4}  {when}  "
+                  f"{st['ptycho'].get('num_points')} points  {stop.get('exit_status', 'running?')}")
+    finally:
+        cat.close()
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from .catalog import log_dir
+    from .logs import find_log, follow
+
+    folder = log_dir()
+    path = find_log(folder, args.run)
+    if args.follow:
+        follow(folder, path)
+    else:
+        sys.stdout.write(path.read_text())
+    return 0
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -147,20 +292,30 @@ def _raw2cxi(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .core._array import backend
 
-    backend(args.device)  # says clearly when CuPy or a GPU is missing
+    if args.device is not None:
+        backend(args.device)  # says clearly when CuPy or a GPU is missing
+    from .catalog import log_dir
     from .demo import run_demo
 
     t0 = time.perf_counter()
-    result = run_demo(
-        num_points=args.points,
-        pattern=args.pattern,
-        step=args.step,
-        num_darks=args.darks,
-        device=args.device,
-        final_iterations=args.final_iterations,
-        output=args.output,
-        progress=not args.quiet,
-    )
+    catalog = None if args.no_catalog else _open_catalog(args)
+    try:
+        result = run_demo(
+            num_points=args.points,
+            pattern=args.pattern,
+            step=args.step,
+            num_darks=args.darks,
+            device=args.device,
+            final_iterations=args.final_iterations,
+            output=args.output,
+            progress=not args.quiet,
+            pipeline=args.pipeline,
+            catalog=catalog,
+            log_dir=log_dir(),
+        )
+    finally:
+        if catalog is not None:
+            catalog.close()
     wall = time.perf_counter() - t0
     print(
         f"scan: {result.num_points} points + {result.num_darks} darks in {result.scan_seconds:.1f} s; "
@@ -175,6 +330,10 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"flagged frames: {result.flags}")
     print(f"CXI:    {result.cxi_path}")
     print(f"figure: {result.figure_path}")
+    if catalog is not None:
+        print(f"stored: run {result.uid} in the catalog at {catalog.location}"
+              + ("" if result.stored else " (NOT yet: the catalog is unreachable; see the log)"))
+        print(f"replay: bluesky-ptycho replay {result.uid[:8]} --set reconstruction.algorithm=lsqml")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .callbacks.pipeline import Pipeline
+from .catalog import Catalog
 from .core.metrics import align_object, illuminated_region, object_error
 
 
@@ -32,6 +33,7 @@ class DemoResult:
     cxi_path: Path | None
     figure_path: Path | None
     documents: list
+    stored: bool = False
 
 
 def run_demo(
@@ -39,14 +41,23 @@ def run_demo(
     pattern: str = "fermat",
     step: float = 100e-9,
     num_darks: int = 25,
-    device: str = "cpu",
-    final_iterations: int = 40,
+    device: str | None = None,
+    final_iterations: int | None = None,
     output: Path | str = Path("out/demo"),
     progress: bool = True,
     keep_documents: bool = False,
     figure: bool = True,
+    pipeline: str | Path | None = None,
+    catalog: Catalog | None = None,
+    log_dir: str | Path | None = None,
 ) -> DemoResult:
-    """Run a simulated scan with live reconstruction; write CXI and a PNG under *output*."""
+    """Run a simulated scan with live reconstruction; write CXI and a PNG under *output*.
+
+    *pipeline* is a pipeline file (the package's default when None; *device*
+    and *final_iterations* override it). With a *catalog*, the raw frames go
+    to its raw folder and every run (raw and derived) is stored in it;
+    without, the frames go to ``<output>/raw``.
+    """
     from bluesky import RunEngine
 
     from .devices import SampleStage, Shutter, SimFCCD
@@ -54,21 +65,26 @@ def run_demo(
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    params = None
+    if final_iterations is not None:
+        params = {"reconstruction": {"final_iterations": final_iterations}}
+    pipe = Pipeline(pipeline, device=device, output_dir=output, params=params, log_dir=log_dir)
     RE = RunEngine({})
     stage = SampleStage(name="stage")
     shutter = Shutter(name="shutter")
-    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=output / "raw")
-    pipeline = Pipeline(
-        device=device, output_dir=output, reconstruction={"final_iterations": final_iterations}
-    )
+    raw_dir = catalog.raw_dir if catalog is not None else output / "raw"
+    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
+    if catalog is not None:
+        RE.subscribe(catalog.writer)
+        pipe.subscribe(catalog.writer)
     docs: list = []
     if keep_documents:
         RE.subscribe(lambda n, d: docs.append((n, d)))
-        pipeline.subscribe(lambda n, d: docs.append((n, d)))
-    RE.subscribe(pipeline)
+        pipe.subscribe(lambda n, d: docs.append((n, d)))
+    RE.subscribe(pipe)
     record = _ScanRecord()
     RE.subscribe(record)
-    bar = _Progress(num_points, pipeline) if progress else None
+    bar = _Progress(num_points, pipe) if progress else None
     if bar is not None:
         RE.subscribe(bar.raw)
     plan = ptycho_scan(
@@ -77,11 +93,12 @@ def run_demo(
     t0 = time.perf_counter()
     (uid,) = RE(plan)
     t_scan = time.perf_counter() - t0
-    run = pipeline.wait(uid, timeout=600)
+    run = pipe.wait(uid, timeout=600)
     t_done = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    r = run.recon.result  # type: ignore[attr-defined]
+    stored = catalog.writer.flush(timeout=120) if catalog is not None else False
+    r = run.by_stage("reconstruction").result  # type: ignore[attr-defined]
     if r is None:
         raise RuntimeError(f"the reconstruction produced no result; stage errors: {run.errors}")
     truth = fccd.sample.object_on(r.grid)
@@ -102,6 +119,7 @@ def run_demo(
         cxi_path=run.export.path if run.export else None,
         figure_path=fig,
         documents=docs,
+        stored=stored,
     )
 
 

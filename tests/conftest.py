@@ -36,3 +36,13 @@ CUPY = _cupy_or_none()
 def xp(request):
     """The array module under test."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _user_dirs(tmp_path_factory, monkeypatch):
+    """Catalogs, spools and run logs of the tests go to temporary folders, never the user's."""
+    base = tmp_path_factory.mktemp("user")
+    monkeypatch.setenv("BLUESKY_PTYCHO_DATA", str(base / "data"))
+    monkeypatch.setenv("BLUESKY_PTYCHO_LOGS", str(base / "logs"))
+    monkeypatch.delenv("BLUESKY_PTYCHO_CATALOG", raising=False)
+    monkeypatch.delenv("BLUESKY_PTYCHO_API_KEY", raising=False)

@@ -7,6 +7,7 @@ from event_model import DocumentNames, compose_run, schema_validators
 from bluesky_ptycho.callbacks.pipeline import Pipeline
 from bluesky_ptycho.core import fccd, sim
 from bluesky_ptycho.core.geometry import Geometry, ZonePlate
+from bluesky_ptycho.pipelines import PipelineFileError
 
 
 def _synthetic_run(num_points=40, bad=None):
@@ -65,7 +66,7 @@ def test_bad_frames_are_flagged_and_the_run_goes_on(tmp_path):
     nan_frame = np.full(fccd.RAW_SHAPE, 4100.0)
     nan_frame[100:110, 200:300] = np.nan
     bad = {5: np.zeros((100, 100), np.uint16), 11: nan_frame}
-    pipe = Pipeline(output_dir=tmp_path, reconstruction={"final_iterations": 3, "min_frames": 4})
+    pipe = Pipeline(output_dir=tmp_path, params={"reconstruction": {"final_iterations": 3, "min_frames": 4}})
     out = []
     pipe.subscribe(lambda n, d: out.append((n, d)))
     uid = None
@@ -76,7 +77,7 @@ def test_bad_frames_are_flagged_and_the_run_goes_on(tmp_path):
     assert run.errors == {
         "dark_statistics": [], "frame_cleaning": [], "stxm": [], "reconstruction": []
     }
-    r = run.recon.result
+    r = run["reconstruction"].result
     assert set(r.flags) == {5, 11}
     assert "wrong shape (100, 100)" in r.flags[5] and "non-finite" in r.flags[11]
     assert r.weights[5] == 0 and r.weights[11] == 0 and r.weights.sum() == 38
@@ -111,7 +112,7 @@ def test_unknown_stage_is_named():
 
 
 def _run_pipeline(docs, **params):
-    pipe = Pipeline(**params)
+    pipe = Pipeline(params=params)
     out = []
     pipe.subscribe(lambda n, d: out.append((n, d)))
     uid = None
@@ -135,7 +136,7 @@ def test_bad_input_frames_are_flagged_with_the_reason():
         reconstruction={"final_iterations": 1, "min_frames": 4},
     )
     assert all(not e for e in run.errors.values()), run.errors
-    flags = run.recon.result.flags
+    flags = run["reconstruction"].result.flags
     assert "wrong dtype complex64" in flags[2]
     assert "all zeros" in flags[3]
     assert "100 saturated pixels inside the crop" in flags[4]
@@ -149,22 +150,29 @@ def test_runs_without_usable_darks_are_cleaned_with_the_overscan(caplog):
         if name == "event" and "stage_x" not in doc["data"]:
             doc["data"]["fccd_image"] = np.zeros((10, 10), np.uint16)
     run, _ = _run_pipeline(docs, reconstruction={"final_iterations": 1, "min_frames": 2})
-    assert [why for _, why in run.dark.skipped] == ["wrong shape (10, 10), expected (1152, 1940)"] * 3
-    assert run.clean.n_cleaned == 6 and run.clean.n_flagged == 0
+    skipped = run["dark_statistics"].skipped
+    assert [why for _, why in skipped] == ["wrong shape (10, 10), expected (1152, 1940)"] * 3
+    assert run["frame_cleaning"].n_cleaned == 6 and run["frame_cleaning"].n_flagged == 0
     assert "no dark frames for this run" in caplog.text
 
 
 def test_bad_parameters_are_refused_before_any_run():
-    with pytest.raises(ValueError, match=r"threshold_adu=-1"):
-        Pipeline(cleaning={"threshold_adu": -1})
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['treshold_adu'\]"):
-        Pipeline(cleaning={"treshold_adu": 15})
-    with pytest.raises(ValueError, match=r"stage 'stxm': .*'levels'.*its parameters are"):
-        Pipeline(stxm={"levels": 0.1})
-    with pytest.raises(ValueError, match=r"initial_probe='guess'"):
-        Pipeline(reconstruction={"initial_probe": "guess"})
-    with pytest.raises(ValueError, match=r"channel_excess_adu=0"):
-        Pipeline(dark={"channel_excess_adu": 0})
+    default = r"default\.toml: stages\."
+    with pytest.raises(PipelineFileError, match=default + r"frame_cleaning\.params\.threshold_adu = -1 "
+                       r"is at or below the minimum 0 ADU"):
+        Pipeline(params={"frame_cleaning": {"threshold_adu": -1}})
+    with pytest.raises(PipelineFileError, match=r"treshold_adu = 15 is not a parameter of "
+                       r"'frame_cleaning'; its parameters are \[.*'threshold_adu'"):
+        Pipeline(params={"frame_cleaning": {"treshold_adu": 15}})
+    with pytest.raises(PipelineFileError, match=r"stxm\.params\.levels = 0\.1 is not a parameter"):
+        Pipeline(params={"stxm": {"levels": 0.1}})
+    with pytest.raises(PipelineFileError, match=r"initial_probe = 'guess' is not one of "
+                       r"\['zone_plate', 'estimate'\]"):
+        Pipeline(params={"reconstruction": {"initial_probe": "guess"}})
+    with pytest.raises(PipelineFileError, match=r"channel_excess_adu = 0 is at or below the minimum"):
+        Pipeline(params={"dark_statistics": {"channel_excess_adu": 0}})
+    with pytest.raises(PipelineFileError, match=r"reconstruction\.params: .*batch_sise"):
+        Pipeline(params={"reconstruction": {"options": {"batch_sise": 4}}})
 
 
 def test_stxm_and_probe_estimate_feed_the_reconstruction():
@@ -185,7 +193,7 @@ def test_stxm_and_probe_estimate_feed_the_reconstruction():
     # measured overlap of |P|² 0.993 and of P itself 0.952 (1 = equal up to scale and phase).
     # Without the defocus (the focus, not the spot the sample sees): 0.65 and 0.50.
     truth = sim.fzp_probe(Geometry(), ZonePlate())
-    est = run.stxm.probe
+    est = run["stxm"].probe
     a, b = np.abs(est) ** 2, np.abs(truth) ** 2
     overlap = float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
     assert overlap > 0.97
@@ -196,7 +204,7 @@ def test_stxm_and_probe_estimate_feed_the_reconstruction():
     # starting from the estimate, the reconstruction converges: measured object error 0.19
     # and 0.21 (0.19 and 0.29 from the zone plate, the default; 0.38 from an estimate
     # without the defocus; an empty object scores about 1)
-    r = run.recon.result
+    r = run["reconstruction"].result
     sample = sim.SimulatedSample(Geometry(), ZonePlate(), scan_extent_m=2e-6)
     err = object_error(r.object, sample.object_on(r.grid), illuminated_region(r.illumination, 0.3))
     assert err < 0.35

@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import numpy as np
 from event_model import DocumentRouter, compose_run
 
+from ..plugins import Param
+
 Callback = Callable[[str, dict], Any]
 _STOP = object()
 _CALL = object()
@@ -33,12 +35,18 @@ _CALL = object()
 class Stage(DocumentRouter):
     """Base class of processing stages (see the module docstring).
 
-    Subclasses set :attr:`stage_name` and implement document methods; a
+    Subclasses set :attr:`stage_name`, describe themselves for the registry
+    (:attr:`inputs`, :attr:`optional_inputs`, :attr:`outputs`, :attr:`params`;
+    see :mod:`bluesky_ptycho.plugins`) and implement document methods; a
     stage with work of its own between documents (iterations) overrides
     :meth:`has_work` and :meth:`work`.
     """
 
     stage_name: ClassVar[str] = "stage"
+    inputs: ClassVar[tuple[str, ...]] = ()
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+    params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,22 +61,37 @@ class Stage(DocumentRouter):
         self._thread.start()
 
     @classmethod
-    def check_params(cls, **params: Any) -> None:
+    def required_inputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        """The inputs the stage needs with these parameters (more than :attr:`inputs` if some
+        parameter makes an optional input necessary)."""
+        return cls.inputs
+
+    @classmethod
+    def param_problems(cls, params: dict[str, Any]) -> dict[str, str]:
+        """What is wrong with *params* by name, checked against :attr:`params` (empty: fine)."""
+        declared = {p.name: p for p in cls.params}
+        out = {}
+        for name, value in params.items():
+            if name not in declared:
+                out[name] = f"is not a parameter of {cls.stage_name!r}; its parameters are {sorted(declared)}"
+            elif (why := declared[name].problem(value)) is not None:
+                out[name] = why
+        return out
+
+    @classmethod
+    def check_params(cls, device: str = "cpu", **params: Any) -> None:
         """Refuse unknown or out-of-range parameters now, before any run starts.
 
-        Builds the stage with *params* (its constructor checks them) and
-        closes it again; raises ``ValueError`` naming the stage.
+        Checks *params* against the declared :attr:`params`, then builds the
+        stage (its constructor checks how they go together) and closes it
+        again; raises ``ValueError`` naming the stage and the parameter.
         """
-        import inspect
-
-        try:
-            inspect.signature(cls).bind(**params)
-        except TypeError as err:
-            names = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
-            raise ValueError(
-                f"stage {cls.stage_name!r}: {err}; its parameters are {names}"
-            ) from None
-        stage = cls(**params)
+        problems = cls.param_problems(params)
+        if problems:
+            raise ValueError("; ".join(
+                f"stage {cls.stage_name!r}: {k}={params[k]!r} {why}" for k, why in problems.items()
+            ))
+        stage = cls(device=device, **params)
         stage.close()
 
     # -- wiring ---------------------------------------------------------------
@@ -123,6 +146,11 @@ class Stage(DocumentRouter):
                 self._guarded(doc)
                 continue
             self._guarded(lambda n=name, d=doc: self._dispatch(n, d, False))
+            if name == "start":
+                self.log.info("run %s (%s) in", doc["uid"], doc.get("stage", "raw"))
+            elif name == "stop":
+                self.log.info("run %s stopped (%s); %d error(s) in this stage so far",
+                              doc["run_start"], doc.get("exit_status"), len(self.errors))
         self.done.set()
 
     def _guarded(self, fn: Callable[[], Any]) -> None:

@@ -12,6 +12,7 @@ from ..core._array import get_xp, to_numpy
 from ..core.clean import CleanSettings, Preprocessor
 from ..core.dark import DarkResult
 from ..core.geometry import Beamstop
+from ..plugins import Param
 from ._frames import RawFrames, frame_problem
 from .base import DerivedRun, Stage
 
@@ -43,6 +44,39 @@ class FrameCleaner(Stage):
     """
 
     stage_name = "frame_cleaning"
+    inputs = ("raw/primary", "dark_statistics/dark")
+    outputs = ("frame_cleaning/cleaned",)
+    params = (
+        Param("batch_size", "int", 8, "frames cleaned together (more: faster; fewer: more live)",
+              min=1),
+        Param("adu_per_photon", "float", None, "detector gain", "ADU/photon", min=0,
+              exclusive=True, optional=True),
+        Param("threshold_adu", "float", 15.0, "photon threshold after the offsets", "ADU",
+              min=0, exclusive=True),
+        Param("overscan_order", "int", 2, "polynomial order of the overscan fit", min=0, max=2),
+        Param("overscan_skip_rows", "list", [100, 80], "readout rows left out of the overscan fit "
+              "(start, end)", length=2),
+        Param("background", "bool", True, "subtract each column's background (step 4)"),
+        Param("ripple", "bool", True, "remove high-frequency pickup lines (step 5)"),
+        Param("ripple_threshold", "float", 10.0, "pickup power over the median power", min=1,
+              exclusive=True),
+        Param("ripple_max_lines", "int", 8, "at most this many pickup lines", min=0, max=64),
+        Param("ripple_min_cycles", "float", 0.01, "lowest pickup frequency", "cycles/sample",
+              min=0, max=0.5),
+        Param("threshold_dilate", "bool", True, "keep the 2 × 2 neighbours of photon pixels"),
+        Param("beamstop", "table", None, "beamstop {row, col, radius, transmission}",
+              optional=True),
+        Param("center_px", "list", None, "pattern centre (row, col); absent: found from the "
+              "first batch", "px", length=2, optional=True),
+        Param("crop_px", "int", None, "side of the region cut around the centre", "px", min=2,
+              optional=True),
+        Param("frame_px", "int", None, "side of the output frames", "px", min=2, optional=True),
+        Param("window", "str", "erf", "downsampling window", choices=("erf", "gaussian")),
+        Param("window_width", "float", 8.0, "window width", "px", min=0, exclusive=True),
+        Param("noise_floor_photons", "float", 0.0, "subtracted from the output", "photons", min=0),
+        Param("saturation_adu", "float", 65535.0, "raw samples at or above this are saturated",
+              "ADU", min=0, exclusive=True),
+    )
 
     def __init__(self, device: str = "cpu", batch_size: int = 8, **settings: Any) -> None:
         self.xp = get_xp(device)

@@ -9,6 +9,7 @@ import numpy as np
 from ..core import fccd
 from ..core._array import get_xp, to_numpy
 from ..core.dark import DarkSettings, RunningDarkStats
+from ..plugins import Param
 from ._frames import RawFrames, frame_problem
 from .base import DerivedRun, Stage
 
@@ -31,6 +32,15 @@ class DarkStatistics(Stage):
     """
 
     stage_name = "dark_statistics"
+    inputs = ("raw/dark",)
+    outputs = ("dark_statistics/dark",)
+    params = (
+        Param("max_std_adu", "float", 30.0, "a pixel noisier than this in the darks is bad",
+              "ADU", min=0, exclusive=True),
+        Param("channel_excess_adu", "float", 15.0,
+              "an ADC channel whose dark noise exceeds the median channel's by this is bad",
+              "ADU", min=0, exclusive=True),
+    )
 
     def __init__(
         self, device: str = "cpu", max_std_adu: float = 30.0, channel_excess_adu: float = 15.0

@@ -14,6 +14,7 @@ from ..core.ptycho import ObjectGrid, object_grid, probe_from_counts
 from ..core.sim import fzp_probe
 from ..core.solvers import Solver, SolverOptions, make_options, solver_class
 from ..core.stream import Snapshot, StreamingReconstruction
+from ..plugins import Param
 from .base import DerivedRun, Stage
 
 
@@ -65,6 +66,28 @@ class StreamingReconstructionStage(Stage):
     """
 
     stage_name = "reconstruction"
+    inputs = ("frame_cleaning/cleaned",)
+    optional_inputs = ("stxm/probe_estimate",)
+    outputs = ("reconstruction/iteration", "reconstruction/snapshot")
+    params = (
+        Param("algorithm", "str", "rpie", "the solver", choices=("rpie", "epie", "dm", "raar", "lsqml")),
+        Param("options", "table", {}, "solver options by name (bluesky-ptycho reconstruct --help)"),
+        Param("final_iterations", "int", 40, "iterations after the last frame", min=0),
+        Param("snapshot_interval", "float", 1.0, "time between published snapshots", "s",
+              min=0, exclusive=True),
+        Param("min_frames", "int", 16, "frames needed before iterating starts", min=1),
+        Param("max_live_iterations", "int", 0, "cap on iterations while the scan runs (0: none)",
+              min=0),
+        Param("initial_probe", "str", "zone_plate",
+              "start from the zone plate in the metadata, or the stxm stage's estimate",
+              choices=("zone_plate", "estimate")),
+    )
+
+    @classmethod
+    def required_inputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
+        if params.get("initial_probe") == "estimate":
+            return (*cls.inputs, "stxm/probe_estimate")
+        return cls.inputs
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ import numpy as np
 from ..core._array import get_xp, to_numpy
 from ..core.geometry import Geometry
 from ..core.stxm import check_probe_settings, probe_estimate, stxm_contrast
+from ..plugins import Param
 from .base import DerivedRun, Stage
 
 
@@ -36,6 +37,16 @@ class StxmProbe(Stage):
     """
 
     stage_name = "stxm"
+    inputs = ("frame_cleaning/cleaned",)
+    outputs = ("stxm/stxm", "stxm/probe_estimate")
+    params = (
+        Param("probe_frames", "int", 16, "frames averaged before the probe is estimated", min=1),
+        Param("level", "float", 0.1, "mean-pattern cut (fraction of its maximum) of the bright field",
+              min=0, max=1, exclusive=True),
+        Param("support", "float", 0.25, "probe support radius, as a fraction of the frame",
+              min=0, max=0.5),
+        Param("defocus", "bool", True, "propagate the estimate by the run's defocus"),
+    )
 
     def __init__(
         self,
