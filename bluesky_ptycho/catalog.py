@@ -109,7 +109,7 @@ class Catalog:
         self.uri = uri
         self.api_key = api_key
         self.location = str(self.directory / "catalog") if self.server else _safe(uri)
-        self.runs = self._connect()
+        self.runs = self._connect().v3  # Tiled's (v3) client of bluesky runs
         self.writer = CatalogWriter(
             self._connect, self.directory / "spool", retry_interval=retry_interval
         )
@@ -125,9 +125,11 @@ class Catalog:
             if RUNS not in client:
                 client.create_container(RUNS, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
             return client[RUNS]
-        except (httpx.TransportError, httpx.HTTPStatusError) as err:
+        except (httpx.TransportError, httpx.HTTPStatusError, RuntimeError) as err:
+            # (tiled raises RuntimeError for a missing or wrong API key)
             raise ConnectionError(
-                f"the Tiled catalog at {_safe(self.uri)} cannot be reached ({err}); start it "
+                f"the Tiled catalog at {_safe(self.uri)} cannot be reached or refused the API key "
+                f"({err}); start it "
                 "(`tiled serve catalog ...`), check the URI and API key, or open the embedded "
                 "catalog with Catalog() and no URI"
             ) from err
@@ -177,7 +179,7 @@ class Catalog:
         """The same runs through databroker's v1 API (``db[uid]``, ``db[-1].table()``)."""
         from databroker.v1 import Broker
 
-        return Broker(self.runs)
+        return Broker(self.runs.v2)
 
     def close(self, timeout: float | None = 60) -> None:
         """Write what is queued (within *timeout* s), then stop the writer and the embedded server."""
