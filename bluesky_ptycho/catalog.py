@@ -106,6 +106,9 @@ class Catalog:
                 readable_storage=[self.raw_dir, *map(Path, readable_storage)],
             )
             uri = self.server.uri
+            # the server's thread is not a daemon: close it before Python waits for such threads
+            # (an interactive session that ends without close() would hang otherwise)
+            threading._register_atexit(lambda: self.close(timeout=30))  # type: ignore[attr-defined]
         self.uri = uri
         self.api_key = api_key
         self.location = str(self.directory / "catalog") if self.server else _safe(uri)
@@ -138,7 +141,7 @@ class Catalog:
         """A stored run by uid or partial uid; by scan id (an int, or a string of digits) or -1
         (the latest), the raw run, not one a stage derived from it."""
         if isinstance(key, str) and not key.isdigit():
-            return self.runs[key]
+            return self.runs[key].v3  # (v3 even after databroker's v2 view has been made)
         from tiled.queries import Key
 
         n = int(key)
@@ -146,7 +149,7 @@ class Catalog:
         raw = [r for r in found.values() if "stage" not in r.metadata["start"]]
         if not raw:
             raise KeyError(f"no raw run with scan id {n} in the catalog at {self.location}")
-        return raw[-1]
+        return raw[-1].v3
 
     def derived(self, uid: str) -> dict[str, Any]:
         """The runs the stages derived from run *uid*, directly or through other stages' runs,
@@ -158,7 +161,7 @@ class Catalog:
         while sources:
             found = self.runs.search(Eq("start.source_run", sources.pop())).values()
             for run in found:
-                out[run.metadata["start"]["stage"]] = run
+                out[run.metadata["start"]["stage"]] = run.v3
                 sources.append(run.metadata["start"]["uid"])
         return out
 
@@ -179,7 +182,7 @@ class Catalog:
         """The same runs through databroker's v1 API (``db[uid]``, ``db[-1].table()``)."""
         from databroker.v1 import Broker
 
-        return Broker(self.runs.v2)
+        return Broker(self._connect().v2)  # its own client: v2 run clients, ours stay v3
 
     def close(self, timeout: float | None = 60) -> None:
         """Write what is queued (within *timeout* s), then stop the writer and the embedded server."""

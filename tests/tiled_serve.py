@@ -72,6 +72,9 @@ class TiledServe:
 
 
 if __name__ == "__main__":  # .ci/run: serve until killed; print the environment for the tests
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `finally` stops the server
     server = TiledServe(Path(sys.argv[1])).start()
     print(f"export BLUESKY_PTYCHO_TEST_TILED={server.uri} BLUESKY_PTYCHO_TEST_TILED_KEY="
           f"{server.api_key} BLUESKY_PTYCHO_TEST_TILED_READ={server.read}", flush=True)

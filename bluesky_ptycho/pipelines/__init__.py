@@ -179,8 +179,9 @@ def _validated(spec: PipelineSpec) -> PipelineSpec:
     problems += _missing_inputs(spec, classes)
     order, cycle = _order(spec)
     if cycle:
-        problems.append(f"{src}: stages {' → '.join(cycle)} form a cycle; remove one of these "
-                        "inputs so that data flows one way")
+        problems.append(f"{src}: stages {' ← '.join(cycle)} read from each other in a cycle "
+                        "(← : takes input from); remove one of these inputs so that data flows "
+                        "one way")
     if problems:
         raise PipelineFileError(problems)
     for key in order:  # what only the stage itself can judge (solver options, say)

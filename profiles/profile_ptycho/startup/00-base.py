@@ -1,0 +1,20 @@
+# IPython startup for a ptychography session:  ipython --profile-dir=profiles/profile_ptycho
+# Files run in name order. Then:  RE(ptycho_scan(fccd, stage, shutter, num_points=400))
+# Environment: BLUESKY_PTYCHO_DATA (data dir), BLUESKY_PTYCHO_CATALOG and
+# BLUESKY_PTYCHO_API_KEY (a Tiled server; the embedded on-disk catalog without),
+# BLUESKY_PTYCHO_PIPELINE (a pipeline file; the package's default without).
+import logging
+
+from bluesky import RunEngine
+from bluesky import plan_stubs as bps  # noqa: F401
+from bluesky import plans as bp  # noqa: F401
+from bluesky import preprocessors as bpp  # noqa: F401
+from bluesky.utils import PersistentDict
+
+from bluesky_ptycho.catalog import data_dir, log_dir  # noqa: F401
+from bluesky_ptycho.logs import console
+from bluesky_ptycho.plans import ptycho_scan  # noqa: F401
+
+console(logging.WARNING)  # stages and the catalog writer warn on the terminal
+RE = RunEngine({})
+RE.md = PersistentDict(str(data_dir() / "runengine-metadata"))  # scan_id survives the session

@@ -1,0 +1,9 @@
+# Every run (raw, and those the stages derive) is stored in the catalog.
+import os
+
+from bluesky_ptycho.catalog import Catalog
+
+catalog = Catalog(os.environ.get("BLUESKY_PTYCHO_CATALOG"),
+                  api_key=os.environ.get("BLUESKY_PTYCHO_API_KEY"))
+RE.subscribe(catalog.writer)
+db = catalog.databroker  # databroker's API: db[-1].table()
