@@ -145,11 +145,15 @@ class Catalog:
         from tiled.queries import Key
 
         n = int(key)
-        found = self.runs.search(Key("scan_id") == n) if n > 0 else self.runs
-        raw = [r for r in found.values() if "stage" not in r.metadata["start"]]
+        raw = self.raw_runs(Key("scan_id") == n if n > 0 else None)
         if not raw:
             raise KeyError(f"no raw run with scan id {n} in the catalog at {self.location}")
         return raw[-1].v3
+
+    def raw_runs(self, query: Any = None) -> list[Any]:
+        """The runs the RunEngine made (not the stages), oldest first, matching a Tiled *query*."""
+        found = self.runs.search(query) if query is not None else self.runs
+        return [r for r in found.values() if "stage" not in r.metadata["start"]]
 
     def derived(self, uid: str) -> dict[str, Any]:
         """The runs the stages derived from run *uid*, directly or through other stages' runs,
@@ -265,7 +269,6 @@ class _Run:
     writer: Any = None  # a TiledWriter while the catalog has every document so far
     dirty: bool = False  # documents the catalog missed: write the run anew from its spool
     stopped: bool = False
-    count: int = 0
     members: set[str] = field(default_factory=set)
 
 
@@ -305,7 +308,6 @@ class CatalogWriter:
         self._written = 0
         self._idle = threading.Condition()
         self._busy = 0
-        self._closed = False
         self._leftovers = sorted(self.spool_dir.glob("*.msgpack"))
         self._thread = threading.Thread(target=self._loop, name="catalog-writer", daemon=True)
         self._thread.start()
@@ -339,13 +341,14 @@ class CatalogWriter:
 
     def close(self, timeout: float | None = 60) -> None:
         """Write what is queued (within *timeout* s) and stop; spool files left are kept."""
+        if not self._thread.is_alive():
+            return
         if not self.flush(timeout):
             log.warning(
                 "catalog writer closed with documents not yet in the catalog; they are kept in "
                 "%s and written when a catalog is next opened on that data directory",
                 self.spool_dir,
             )
-        self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=10)
 
@@ -405,7 +408,6 @@ class CatalogWriter:
             run.members.add(doc["uid"])
         run.handle.write(msgpack.packb([name, doc], default=msgpack_numpy.encode))
         run.handle.flush()
-        run.count += 1
         if name == "stop":
             run.stopped = True
             run.handle.close()

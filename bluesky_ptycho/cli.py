@@ -7,6 +7,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +124,7 @@ def _catalog_args(p: argparse.ArgumentParser) -> None:
                    help="the Tiled server's API key (default $BLUESKY_PTYCHO_API_KEY)")
 
 
-def _open_catalog(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open_catalog(args: argparse.Namespace) -> Catalog:
     from .catalog import Catalog
 
     return Catalog(args.catalog, api_key=args.api_key)
@@ -189,9 +193,7 @@ def _runs(args: argparse.Namespace) -> int:
 
     cat = _open_catalog(args)
     try:
-        found = cat.runs.search(Key("start.ptycho.num_points") > 0)
-        raw = [r for r in found.values() if "stage" not in r.metadata["start"]]
-        for run in raw[-args.n:]:
+        for run in cat.raw_runs(Key("start.ptycho.num_points") > 0)[-args.n:]:
             st = run.metadata["start"]
             stop = run.metadata.get("stop") or {}
             when = datetime.datetime.fromtimestamp(st["time"]).strftime("%Y-%m-%d %H:%M:%S")

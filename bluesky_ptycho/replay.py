@@ -68,7 +68,7 @@ def replay(
     pipe = Pipeline(pipeline, device=device, output_dir=output_dir, params=params,
                     log_dir=log_dir, metadata={"replay": True})
     derived: dict[str, str] = {}
-    keys = {}
+    keys: dict[str, list[str]] = {}
 
     def note(name: str, doc: dict) -> None:
         if name == "start" and doc.get("source_run"):

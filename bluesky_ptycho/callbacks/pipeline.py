@@ -91,10 +91,8 @@ class Pipeline:
     ) -> None:
         if not isinstance(spec, PipelineSpec):
             spec = load_pipeline(spec)
-        if device is not None and device != spec.device:
-            spec = spec.with_device(device)
-        if params:
-            spec = spec.with_params(params)
+        if (device is not None and device != spec.device) or params:
+            spec = spec.changed(device, params)
         self.spec = spec
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.log_dir = Path(log_dir) if log_dir is not None else None

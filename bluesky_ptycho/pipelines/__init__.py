@@ -46,7 +46,7 @@ class StageSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def cls(self) -> type:
+    def cls(self) -> Any:
         return load_stage(self.stage)
 
 
@@ -59,21 +59,19 @@ class PipelineSpec:
     cxi: bool
     stages: dict[str, StageSpec]
 
-    def with_params(self, overrides: dict[str, dict[str, Any]]) -> PipelineSpec:
-        """A copy with some stages' parameters changed (``{stage key: {name: value}}``), validated."""
+    def changed(self, device: str | None = None,
+                params: dict[str, dict[str, Any]] | None = None) -> PipelineSpec:
+        """A copy on another *device* and with some stages' *params* changed
+        (``{stage key: {name: value}}``), validated once."""
         stages = copy.deepcopy(self.stages)
-        for key, params in overrides.items():
+        for key, values in (params or {}).items():
             if key not in stages:
                 raise PipelineFileError([
                     f"{self.source}: no stage {key!r} to set parameters of; its stages are "
                     f"{list(stages)}"
                 ])
-            stages[key].params.update(params)
-        return _validated(replace(self, stages=stages))
-
-    def with_device(self, device: str) -> PipelineSpec:
-        """A copy running on *device*, validated."""
-        return _validated(replace(self, device=device, stages=copy.deepcopy(self.stages)))
+            stages[key].params.update(values)
+        return _validated(replace(self, device=device or self.device, stages=stages))
 
     def to_dict(self) -> dict:
         """The pipeline as a plain dict (for a run's metadata)."""
@@ -153,7 +151,7 @@ def _validated(spec: PipelineSpec) -> PipelineSpec:
         problems.append(f"{src}: pipeline.device = {spec.device!r} is not one of {list(DEVICES)}")
     if not isinstance(spec.cxi, bool):
         problems.append(f"{src}: pipeline.cxi = {spec.cxi!r} must be true or false")
-    classes: dict[str, type] = {}
+    classes: dict[str, Any] = {}
     for key, s in spec.stages.items():
         try:
             classes[key] = s.cls
@@ -194,22 +192,22 @@ def _validated(spec: PipelineSpec) -> PipelineSpec:
     return replace(spec, stages={k: spec.stages[k] for k in order})
 
 
-def _outputs(spec: PipelineSpec, classes: dict[str, type], key: str) -> tuple[str, ...]:
+def _outputs(classes: dict[str, Any], key: str) -> tuple[str, ...]:
     return RAW_OUTPUTS if key == RAW else classes[key].outputs
 
 
-def _missing_inputs(spec: PipelineSpec, classes: dict[str, type]) -> list[str]:
+def _missing_inputs(spec: PipelineSpec, classes: dict[str, Any]) -> list[str]:
     problems = []
     for key, s in spec.stages.items():
         if not s.inputs:
             problems.append(f"{spec.source}: stages.{key} has no inputs, so it would never run; "
                             f'give it some, e.g. inputs = ["raw"]')
             continue
-        offered = {o for name in s.inputs for o in _outputs(spec, classes, name)}
+        offered = {o for name in s.inputs for o in _outputs(classes, name)}
         for need in classes[key].required_inputs(s.params):
             if need in offered:
                 continue
-            makers = [k for k in [RAW, *spec.stages] if need in _outputs(spec, classes, k)]
+            makers = [k for k in [RAW, *spec.stages] if need in _outputs(classes, k)]
             fix = (f"add {makers[0]!r} to stages.{key}.inputs" if makers else
                    f"no stage in the file produces it: add a [stages.{need.split('/')[0]}] table")
             problems.append(f"{spec.source}: stages.{key} needs {need}, which none of its inputs "

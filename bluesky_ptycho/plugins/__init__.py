@@ -22,7 +22,6 @@ from importlib.metadata import entry_points
 from typing import Any
 
 GROUP = "bluesky_ptycho.stages"
-KINDS = ("int", "float", "bool", "str", "table", "list")
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def available_stages() -> list[str]:
     return sorted(_entry_points())
 
 
-def load_stage(name: str) -> type:
+def load_stage(name: str) -> Any:
     """The stage class registered as *name*.
 
     Raises
