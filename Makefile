@@ -5,12 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-solvers clean
+.PHONY: demo test lint bench bench-remote bench-solvers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,mpi]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The remote back-end end to end (ZeroMQ, serve, Dask workers): 1 and 2 workers, both transports.
+bench-remote: $(STAMP)
+	$(BIN)/python benchmarks/remote.py --frames 10000
 
 # Solvers against pty-chi (in its own venv, built once), the paper's 1600-frame test.
 .venv-ptychi/bin/python:

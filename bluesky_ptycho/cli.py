@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -89,16 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--defocus", type=float, default=0.0, metavar="M",
                      help="sample distance from the focus in m, for the probe estimated from the "
                      "mean pattern when the file has no probe guess")
+    rec.add_argument("--mpi", action="store_true",
+                     help="split the scan over the MPI ranks (run as mpirun -n K bluesky-ptycho "
+                     "reconstruct --mpi ...): k-means regions with overlap, object merged every "
+                     "iteration")
     rec.add_argument("--frc", action="store_true",
                      help="also reconstruct the even and odd frames apart and report their FRC")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    _remote_parsers(sub)
     args = parser.parse_args(argv)
     from .logs import console
 
-    console(logging.WARNING)
+    console(logging.INFO if args.command == "serve" else logging.WARNING)
     command = {
         "demo": _demo, "raw2cxi": _raw2cxi, "reconstruct": _reconstruct, "stages": _stages,
-        "check": _check, "replay": _replay, "runs": _runs, "logs": _logs,
+        "check": _check, "replay": _replay, "runs": _runs, "logs": _logs, "serve": _serve,
+        "status": _status, "control": _control, "keys": _keys,
     }[args.command]
     try:
         return command(args)
@@ -107,6 +113,138 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError, LookupError) as err:
         print(f"bluesky-ptycho {args.command}: {err}", file=sys.stderr)
         return 2
+
+
+def _remote_parsers(sub: Any) -> None:
+    from .transport import DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT, DEFAULT_HOST, address
+
+    control = address(DEFAULT_HOST, DEFAULT_CONTROL_PORT)
+    srv = sub.add_parser(
+        "serve", help="the back-end: run a pipeline on documents published over ZeroMQ",
+        description="Receive a RunEngine's documents (bluesky_ptycho.transport.Publisher) and "
+        "run the pipeline on them; stages with where = \"dask\" spread over Dask workers. "
+        "Stops on Ctrl-C or SIGTERM.",
+    )
+    srv.add_argument("pipeline_file", type=Path, nargs="?",
+                     help="pipeline file (default: the package's backend.toml, frame cleaning "
+                     "on Dask)")
+    srv.add_argument("--host", default=DEFAULT_HOST,
+                     help=f"interface to bind (default {DEFAULT_HOST}; any other needs --keys)")
+    srv.add_argument("--port", type=int, default=DEFAULT_DATA_PORT, help="documents in")
+    srv.add_argument("--control-port", type=int, default=DEFAULT_CONTROL_PORT,
+                     help="commands and status")
+    srv.add_argument("--keys", type=Path, help="CURVE key folder (bluesky-ptycho keys)")
+    srv.add_argument("--workers", type=int, help="Dask workers to start (default: one per core)")
+    srv.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask scheduler")
+    srv.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                     help="start the workers as SLURM jobs (dask-jobqueue SLURMCluster "
+                     "settings, e.g. --slurm queue=gpu --slurm walltime=02:00:00)")
+    srv.add_argument("--max-backlog", type=int, default=64,
+                     help="documents and frames the raw-frame stages hold before reading pauses")
+    srv.add_argument("--max-in-flight", type=int, default=32,
+                     help="frames out on the Dask workers at once")
+    srv.add_argument("--max-message-mb", type=float, default=64.0,
+                     help="larger messages are rejected (default 64)")
+    srv.add_argument("--device", choices=("cpu", "gpu"))
+    srv.add_argument("--output", type=Path, help="CXI files (default <data dir>/cxi)")
+    _catalog_args(srv)
+    srv.add_argument("--no-catalog", action="store_true", help="store nothing")
+    st = sub.add_parser("status", help="the back-end's stages: frames in/out, backlog, rate, "
+                        "errors, heartbeat")
+    st.add_argument("--control", default=control, help=f"the back-end (default {control})")
+    st.add_argument("--keys", type=Path, help="CURVE key folder")
+    st.add_argument("--watch", type=float, metavar="S", help="print again every S seconds")
+    st.add_argument("--json", action="store_true", help="the raw status as JSON")
+    ctl = sub.add_parser("control", help="abort, clear or reset the back-end's pipeline, or "
+                         "set stage parameters")
+    ctl.add_argument("action", choices=("abort", "clear", "reset", "set"))
+    ctl.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                     help="with 'set': e.g. --set reconstruction.final_iterations=100")
+    ctl.add_argument("--control", default=control, help=f"the back-end (default {control})")
+    ctl.add_argument("--keys", type=Path, help="CURVE key folder")
+    keys = sub.add_parser("keys", help="make CURVE keys for a back-end beyond localhost")
+    keys.add_argument("folder", type=Path)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from .callbacks.pipeline import Pipeline
+    from .catalog import data_dir, log_dir
+    from .pipelines import load_pipeline
+    from .transport.server import Server
+    from .transport.workers import connect, shutdown
+
+    spec = load_pipeline(args.pipeline_file or Path(__file__).parent / "pipelines" / "backend.toml")
+    slurm = _settings(args.slurm, "--slurm") if args.slurm else None
+    needs_dask = any(s.where == "dask" for s in spec.stages.values())
+    client = connect(args.scheduler, args.workers, slurm) if needs_dask else None
+    catalog = None if args.no_catalog else _open_catalog(args)
+    pipe = Pipeline(spec, device=args.device, output_dir=args.output or data_dir() / "cxi",
+                    log_dir=log_dir(), client=client, max_in_flight=args.max_in_flight)
+    try:
+        server = Server(pipe, args.host, args.port, args.control_port, args.keys, catalog,
+                        args.max_backlog, int(args.max_message_mb * 2**20))
+    except Exception:
+        pipe.close()
+        if client is not None:
+            shutdown(client)
+        raise
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop())
+    workers = pipe.status()["workers"]
+    print(f"serving {spec.source}: documents {server.address}, control "
+          f"{server.control_address}" + (f", {workers['n']} Dask worker(s) at "
+                                         f"{workers['scheduler']}" if workers else ""), flush=True)
+    try:
+        server.serve()
+    finally:
+        pipe.close()
+        server.close()
+        if catalog is not None:
+            catalog.close()
+        if client is not None:
+            shutdown(client)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .transport.control import format_status, request
+
+    while True:
+        status = request("status", args.control, args.keys)["status"]
+        print(json.dumps(status, indent=1) if args.json else format_status(status), flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def _control(args: argparse.Namespace) -> int:
+    from .transport.control import request
+
+    if args.action != "set":
+        reply = request(args.action, args.control, args.keys)
+        print({k: v for k, v in reply.items() if k != "ok"} or "done")
+        return 0
+    if not args.set:
+        raise ValueError("control set: give --set STAGE.KEY=VALUE")
+    for stage, params in _dotted(args.set).items():
+        reply = request("set", args.control, args.keys, stage=stage, params=params)
+        for name, how in reply["applied"].items():
+            print(f"{stage}.{name}: {how}")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .transport.security import generate_keys
+
+    folder = generate_keys(args.folder)
+    print(f"keys written to {folder}: give `serve --keys {folder}` on the back-end; a client "
+          f"needs {folder}/client.key_secret and {folder}/server.key (Publisher(keys=FOLDER))")
+    return 0
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -217,14 +355,14 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(pairs: list[str]) -> dict:
+def _settings(pairs: list[str], flag: str = "--set") -> dict:
     import json
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. --set threshold_adu=12")
+            raise ValueError(f"{flag} {pair!r}: write KEY=VALUE, e.g. {flag} name=3")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -238,7 +376,14 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from .reconstruct_cxi import half_data_frc, reconstruct_cxi
 
     options = _settings(args.set)
-    bar = tqdm(total=args.iterations, unit="it", desc=args.algorithm, disable=args.quiet)
+    comm = None
+    if args.mpi:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    lead = comm is None or comm.rank == 0
+    bar = tqdm(total=args.iterations, unit="it", desc=args.algorithm,
+               disable=args.quiet or not lead)
 
     def progress(iteration: int, error: float) -> None:
         bar.update(1)
@@ -247,14 +392,17 @@ def _reconstruct(args: argparse.Namespace) -> int:
     try:
         result = reconstruct_cxi(
             args.input, args.output, args.algorithm, args.iterations, args.modes,
-            args.device, options, progress, args.defocus,
+            args.device, options, progress, args.defocus, comm,
         )
     finally:
         bar.close()
+    if not lead:
+        return 0
     print(
         f"{result.algorithm}: {result.iterations} iterations in {result.seconds:.1f} s, "
         f"data error {result.errors[0]:.4g} → {result.errors[-1]:.4g}; "
         f"probe from {result.probe_source}; object pixel {result.object_pixel_size_m * 1e9:.3g} nm"
+        + (f"; {result.ranks} MPI ranks" if result.ranks > 1 else "")
     )
     print(f"written: {result.output}")
     if args.frc:

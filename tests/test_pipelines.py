@@ -70,7 +70,7 @@ def test_default_and_a_custom_file_are_valid(tmp_path):
         (('device = "cpu"', 'device = "tpu"'), r"pipeline\.device = 'tpu' is not one of"),
         (("final_iterations = 5 }", "final_iterations = 5"), r"pipe\.toml: not valid TOML"),
         (('inputs = ["frame_cleaning"]', 'inputs = ["frame_cleaning"]\nwhere = "gpu-node-3"'),
-         r"stages\.reconstruction\.where = 'gpu-node-3': a stage can run in \['process'\]"),
+         r"stages\.reconstruction\.where = 'gpu-node-3': a stage can run in \['process', 'dask'\]"),
         (("params = { final_iterations = 5 }", "params = { options = { batch_sise = 3 } }"),
          r"stages\.reconstruction\.params: .*batch_sise"),
     ],

@@ -8,6 +8,7 @@ not set, the tests start their own.
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import subprocess
@@ -40,10 +41,22 @@ class TiledServe:
         self.read.mkdir(parents=True, exist_ok=True)
         db = self.folder / "catalog.db"
         tiled = Path(sys.executable).with_name("tiled")
-        cmd = [str(tiled), "serve", "catalog", str(db), *(["--init"] if not db.exists() else []),
-               "-w", str(self.folder / "data"), "-w", f"duckdb:///{self.folder / 'storage.duckdb'}",
-               "-r", str(self.read), "--api-key", self.api_key, "--host", "127.0.0.1",
-               "--port", str(self.port)]
+        # `tiled serve config`: the catalog as `tiled serve catalog` makes it, plus the
+        # BlueskyRun document exporter that replay and a restarted back-end read runs with
+        config = self.folder / "tiled.yml"
+        config.write_text(json.dumps({
+            "authentication": {"single_user_api_key": self.api_key},
+            "trees": [{"path": "/", "tree": "catalog", "args": {
+                "uri": f"sqlite:///{db}", "init_if_not_exists": True,
+                "writable_storage": [str(self.folder / "data"),
+                                     f"duckdb:///{self.folder / 'storage.duckdb'}"],
+                "readable_storage": [str(self.read)],
+            }}],
+            "media_types": {"BlueskyRun": {
+                "application/json-seq": "bluesky_tiled_plugins.exporters:json_seq_exporter"}},
+            "uvicorn": {"host": "127.0.0.1", "port": self.port},
+        }))
+        cmd = [str(tiled), "serve", "config", str(config)]
         log = (self.folder / "tiled.log").open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -8,6 +8,12 @@ queue in order and dispatches them by method name (``start``, ``descriptor``,
 stage never stretches the scan, and an error in a stage is logged and kept
 in :attr:`Stage.errors`, never raised into the RunEngine.
 
+Every stage reports :meth:`Stage.status` (frames in and out, backlog, rate,
+last error, heartbeat: the last time its thread went round), can be aborted
+(:meth:`Stage.abort`: queued documents dropped, its derived runs stopped
+with ``exit_status="abort"``) and takes the parameters it names in
+:attr:`Stage.live_params` while it runs (:meth:`Stage.set_live`).
+
 A stage's results are documents of a *derived run* (:class:`DerivedRun`)
 whose start document names the source run (``source_run``) and the stage
 (``stage``); :meth:`Stage.subscribe` connects the next stage or any sink.
@@ -47,6 +53,10 @@ class Stage(DocumentRouter):
     optional_inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
+    #: parameters that may change while a run is in progress (see :meth:`set_live`)
+    live_params: ClassVar[tuple[str, ...]] = ()
+    #: True where the stage can spread its work over Dask workers (``where = "dask"``)
+    distributable: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +65,12 @@ class Stage(DocumentRouter):
         self._queue: queue.Queue = queue.Queue()
         self.errors: list[str] = []
         self.done = threading.Event()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.heartbeat = time.time()
+        self.aborted = False
+        self._derived: list[DerivedRun] = []
+        self._rate = (time.monotonic(), 0, 0.0)  # (time, frames out then, rate)
         self._thread = threading.Thread(
             target=self._run, name=f"stage-{self.stage_name}", daemon=True
         )
@@ -109,8 +125,81 @@ class Stage(DocumentRouter):
 
     # -- the RunEngine side: enqueue and return --------------------------------
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        if self.aborted:
+            return name, doc
+        if name == "event":
+            self.frames_in += 1
+        elif name == "event_page":
+            self.frames_in += len(doc["seq_num"])
         self._queue.put((name, doc))
         return name, doc
+
+    # -- control ------------------------------------------------------------------
+    def backlog(self) -> int:
+        """Documents queued plus frames the stage holds but has not finished."""
+        return self._queue.qsize() + self.held_frames()
+
+    def held_frames(self) -> int:
+        """Frames taken in and not yet done with (stages that batch override this)."""
+        return 0
+
+    def status(self) -> dict[str, Any]:
+        """Frames in and out, backlog, output rate (frames/s), last error, heartbeat age (s)."""
+        now = time.monotonic()
+        t, n, rate = self._rate
+        if now - t >= 1.0:
+            rate = (self.frames_out - n) / (now - t)
+            self._rate = (now, self.frames_out, rate)
+        return {
+            "stage": self.stage_name,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "backlog": self.backlog(),
+            "rate": round(rate, 2),
+            "errors": len(self.errors),
+            "last_error": self.errors[-1] if self.errors else "",
+            "heartbeat_age": round(time.time() - self.heartbeat, 2),
+            "state": "aborted" if self.aborted else ("done" if self.done.is_set() else "running"),
+        }
+
+    def set_live(self, name: str, value: Any) -> None:
+        """Change parameter *name* of the run in progress (one of :attr:`live_params`).
+
+        The value is checked against the declared parameter; it takes effect
+        on the stage's thread, between documents.
+        """
+        if name not in self.live_params:
+            raise ValueError(
+                f"stage {self.stage_name!r}: {name} cannot change during a run (it can: "
+                f"{list(self.live_params) or 'nothing'}); it applies from the next run"
+            )
+        problems = self.param_problems({name: value})
+        if problems:
+            raise ValueError(f"stage {self.stage_name!r}: {name}={value!r} {problems[name]}")
+        self.call_soon(lambda: self._apply_live(name, value))
+
+    def _apply_live(self, name: str, value: Any) -> None:
+        setattr(self, name, value)
+        self.log.info("%s set to %r during the run", name, value)
+
+    def abort(self, reason: str = "aborted by the operator") -> None:
+        """Drop what is queued, stop the derived runs (``exit_status="abort"``), end the thread."""
+        self.aborted = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self.call_soon(lambda: self._abort(reason))
+        self.close()
+
+    def _abort(self, reason: str) -> None:
+        self.on_abort()
+        for run in self._derived:
+            run.stop("abort", reason)
+
+    def on_abort(self) -> None:
+        """Hook: give back what the run held (workers, solver threads)."""
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run *fn()* on the stage's thread, in turn with the documents (from any thread)."""
@@ -134,10 +223,13 @@ class Stage(DocumentRouter):
 
     def _run(self) -> None:
         while True:
+            self.heartbeat = time.time()
+            busy = self.has_work() and not self.aborted
             try:
-                item = self._queue.get(block=not self.has_work())
+                item = self._queue.get(block=not busy, timeout=None if busy else 1.0)
             except queue.Empty:
-                self._guarded(self.work)
+                if busy:
+                    self._guarded(self.work)
                 continue
             name, doc = item
             if name is _STOP:
@@ -220,6 +312,7 @@ class DerivedRun:
 
     def __init__(self, stage: Stage, source_start: dict, metadata: dict | None = None) -> None:
         self.stage = stage
+        stage._derived.append(self)
         md = {
             "source_run": source_start["uid"],
             "stage": stage.stage_name,
@@ -251,6 +344,7 @@ class DerivedRun:
             self.stage.publish("descriptor", bundle.descriptor_doc)
         now = time.time()
         ev = self._descriptors[stream].compose_event(data=data, timestamps={k: now for k in data})
+        self.stage.frames_out += 1
         self.stage.publish("event", ev)
         return ev
 

@@ -8,12 +8,19 @@ builds a fresh set of stages for every ptycho run (a start document with
 per-run objects; every stage's output documents also go to
 :meth:`Pipeline.subscribe` callbacks (a catalog writer, a viewer, a progress
 bar).
+
+Stages whose table says ``where = "dask"`` spread over the workers of a
+Dask client (given, or a local cluster the pipeline starts on first use).
+The pipeline answers the control channel's commands: :meth:`Pipeline.status`,
+:meth:`Pipeline.set`, :meth:`Pipeline.abort`, :meth:`Pipeline.clear`,
+:meth:`Pipeline.reset`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,10 @@ class RunStages:
         """Errors each stage met (empty lists when all went well)."""
         return {k: list(s.errors) for k, s in self.stages.items()}
 
+    @property
+    def finished(self) -> bool:
+        return all(s.done.is_set() for s in self.stages.values())
+
 
 class Pipeline:
     """Subscribe to a RunEngine: ``RE.subscribe(Pipeline())``.
@@ -72,6 +83,11 @@ class Pipeline:
     metadata : dict, optional
         Added to the start document of every derived run the subscribers see
         (besides ``pipeline``: the file and parameters that made it).
+    client : distributed.Client, optional
+        Where ``where = "dask"`` stages run; without one, the first run that
+        needs it starts a local cluster (:func:`bluesky_ptycho.transport.workers.connect`).
+    max_in_flight : int
+        Frames a distributed stage has out on the workers at most.
 
     Raises
     ------
@@ -88,12 +104,18 @@ class Pipeline:
         params: dict[str, dict] | None = None,
         log_dir: str | Path | None = None,
         metadata: dict | None = None,
+        client: Any = None,
+        max_in_flight: int = 32,
     ) -> None:
         if not isinstance(spec, PipelineSpec):
             spec = load_pipeline(spec)
         if (device is not None and device != spec.device) or params:
             spec = spec.changed(device, params)
         self.spec = spec
+        self._file_spec = spec
+        self.client = client
+        self._own_cluster = False
+        self.max_in_flight = max_in_flight
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.metadata = {"pipeline": spec.to_dict(), **(metadata or {})}
@@ -127,6 +149,8 @@ class Pipeline:
         raw: list[Stage] = []
         for key, s in self.spec.stages.items():  # inputs come first
             stage = s.cls(device=self.spec.device, **s.params)
+            if s.where == "dask":
+                stage.distribute(self._dask(), self.max_in_flight)  # type: ignore[attr-defined]
             for source in s.inputs:
                 if source == RAW:
                     raw.append(stage)
@@ -149,6 +173,90 @@ class Pipeline:
             self._new_run.notify_all()
         return raw, []
 
+    def _dask(self) -> Any:
+        if self.client is None:
+            from ..transport.workers import connect
+
+            self.client = connect()
+            self._own_cluster = True
+        return self.client
+
+    def close(self) -> None:
+        """Abort what still runs and shut down a Dask cluster the pipeline started."""
+        self.abort("the pipeline was closed")
+        if self._own_cluster and self.client is not None:
+            from ..transport.workers import shutdown
+
+            shutdown(self.client)
+            self.client = None
+
+    # -- control ---------------------------------------------------------------------
+    def active(self) -> dict[str, RunStages]:
+        """Runs whose stages are still working."""
+        return {uid: r for uid, r in self.runs.items() if not r.finished}
+
+    def backlog(self) -> int:
+        """Backlog of the stages that take raw frames, over the runs in progress."""
+        raw_keys = [k for k, s in self.spec.stages.items() if RAW in s.inputs]
+        return sum(
+            r.stages[k].backlog() for r in self.active().values() for k in raw_keys
+            if k in r.stages
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Every run's stages: frames in and out, backlog, rate, last error, heartbeat."""
+        return {
+            "time": time.time(),
+            "runs": {
+                uid: {"finished": r.finished,
+                      "stages": {k: st.status() for k, st in r.stages.items()}}
+                for uid, r in self.runs.items()
+            },
+            "params": {k: s.params for k, s in self.spec.stages.items()},
+            "device": self.spec.device,
+            "workers": _workers(self.client),
+        }
+
+    def set(self, key: str, values: dict[str, Any]) -> dict[str, str]:
+        """Change stage *key*'s parameters: from the next run on, and now where the
+        stage can (its ``live_params``). Returns how each was applied; raises
+        ``PipelineFileError``/``ValueError`` (nothing changed) for a bad one."""
+        self.spec = self.spec.changed(params={key: values})
+        self.metadata["pipeline"] = self.spec.to_dict()
+        applied = {}
+        for name, value in values.items():
+            applied[name] = "from the next run"
+            for run in self.active().values():
+                stage = run.stages.get(key)
+                if stage is not None and name in stage.live_params:
+                    stage.set_live(name, value)
+                    applied[name] = "now, and from the next run"
+        return applied
+
+    def abort(self, reason: str = "aborted by the operator") -> list[str]:
+        """Abort every run in progress; return their uids."""
+        uids = list(self.active())
+        for uid in uids:
+            for stage in self.runs[uid].stages.values():
+                stage.abort(reason)
+        return uids
+
+    def clear(self) -> list[str]:
+        """Forget finished runs (their results and frames); return their uids."""
+        done = [uid for uid, r in self.runs.items() if r.finished]
+        for uid in done:
+            del self.runs[uid]
+        return done
+
+    def reset(self) -> None:
+        """Ready for the next scan as if just started: abort, clear, and undo :meth:`set`."""
+        self.abort("the pipeline was reset")
+        for run in list(self.runs.values()):
+            run.wait(10)
+        self.runs.clear()
+        self.spec = self._file_spec
+        self.metadata["pipeline"] = self.spec.to_dict()
+
     @staticmethod
     def _close_log(run: RunStages) -> None:
         run.wait()
@@ -162,3 +270,16 @@ class Pipeline:
         if not run.wait(timeout):
             raise TimeoutError(f"the pipeline of run {uid} did not finish within {timeout} s")
         return run
+
+
+def _workers(client: Any) -> dict[str, Any]:
+    if client is None:
+        return {}
+    import os
+
+    try:
+        pids = client.run(os.getpid)  # {worker address: pid}
+        address = client.scheduler.address
+    except Exception as err:  # the scheduler went away: say so in the status
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"scheduler": address, "n": len(pids), "pids": pids}

@@ -69,6 +69,7 @@ class StreamingReconstructionStage(Stage):
     inputs = ("frame_cleaning/cleaned",)
     optional_inputs = ("stxm/probe_estimate",)
     outputs = ("reconstruction/iteration", "reconstruction/snapshot")
+    live_params = ("final_iterations", "snapshot_interval", "max_live_iterations")
     params = (
         Param("algorithm", "str", "rpie", "the solver", choices=("rpie", "epie", "dm", "raar", "lsqml")),
         Param("options", "table", {}, "solver options by name (bluesky-ptycho reconstruct --help)"),
@@ -127,6 +128,18 @@ class StreamingReconstructionStage(Stage):
         self._pending: list[tuple] = []
         self._t0 = 0.0
         super().__init__()
+
+    def _apply_live(self, name: str, value: Any) -> None:
+        super()._apply_live(name, value)
+        if self.stream is not None:  # the solver's thread reads these each iteration
+            setattr(self.stream, name, type(getattr(self.stream, name))(value))
+
+    def on_abort(self) -> None:
+        if self.stream is not None:
+            self.stream.abort()
+
+    def held_frames(self) -> int:
+        return sum(len(p[0]) for p in self._pending)
 
     def start(self, doc: dict) -> None:
         if doc.get("stage") != "frame_cleaning":

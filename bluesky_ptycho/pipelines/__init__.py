@@ -21,7 +21,7 @@ from ..plugins import available_stages, load_stage
 DEFAULT = Path(__file__).with_name("default.toml")
 RAW = "raw"
 RAW_OUTPUTS = ("raw/primary", "raw/dark")
-WHERE = ("process",)
+WHERE = ("process", "dask")
 DEVICES = ("cpu", "gpu")
 _STAGE_KEYS = {"stage", "inputs", "where", "params"}
 _PIPELINE_KEYS = {"device", "cxi"}
@@ -164,7 +164,12 @@ def _validated(spec: PipelineSpec) -> PipelineSpec:
             continue
         if s.where not in WHERE:
             problems.append(f"{src}: stages.{key}.where = {s.where!r}: a stage can run in "
-                            f"{list(WHERE)} (remote back-ends are not available yet)")
+                            f"{list(WHERE)} ('process': its own thread; 'dask': spread over "
+                            "the Dask workers, for stages that can)")
+        elif s.where == "dask" and not getattr(classes[key], "distributable", False):
+            can = [n for n in available_stages() if getattr(load_stage(n), "distributable", False)]
+            problems.append(f"{src}: stages.{key}.where = 'dask': stage {s.stage!r} cannot spread "
+                            f"over workers; use where = 'process' (stages that can: {can})")
         for name, why in classes[key].param_problems(s.params).items():
             problems.append(f"{src}: stages.{key}.params.{name} = {s.params[name]!r} {why}")
     for key, s in spec.stages.items():

@@ -1,0 +1,20 @@
+"""Moving documents between processes and machines, and spreading stages over workers.
+
+- :mod:`.wire`: one document ↔ one ZeroMQ multipart message (msgpack header,
+  arrays as raw buffers; nothing is pickled, so a message can never run code).
+- :mod:`.publisher`: the RunEngine side (``RE.subscribe(Publisher())``).
+- :mod:`.server`: ``bluesky-ptycho serve PIPELINE.toml``, the back-end.
+- :mod:`.control`: commands and status (``bluesky-ptycho status``).
+- :mod:`.security`: CURVE keys (``bluesky-ptycho keys``).
+- :mod:`.workers`: the Dask cluster the distributed stages run on.
+- :mod:`.mpi`: a reconstruction split into regions over MPI ranks.
+"""
+
+DEFAULT_DATA_PORT = 5577
+DEFAULT_CONTROL_PORT = 5578
+DEFAULT_HOST = "127.0.0.1"
+
+
+def address(host: str, port: int) -> str:
+    """``tcp://host:port``."""
+    return f"tcp://{host}:{port}"

@@ -1,0 +1,83 @@
+"""The control channel's client: ``bluesky-ptycho status`` and ``bluesky-ptycho control``.
+
+Requests and replies are msgpack maps over a REQ/REP socket pair. Requests:
+``{"command": "status"}``, ``{"command": "set", "stage": KEY, "params":
+{...}}``, ``{"command": "abort"}``, ``{"command": "clear"}``,
+``{"command": "reset"}``, ``{"command": "ping"}``. Replies carry ``ok`` and,
+when not ok, ``error``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from . import DEFAULT_CONTROL_PORT, DEFAULT_HOST, address
+from .security import apply, client_keys
+
+
+class ControlError(RuntimeError):
+    """The back-end refused a command (or did not answer)."""
+
+
+def request(
+    command: str,
+    control: str = address(DEFAULT_HOST, DEFAULT_CONTROL_PORT),
+    keys: Any = None,
+    timeout: float = 5.0,
+    **fields: Any,
+) -> dict:
+    """Send one command to the back-end at *control*; its reply (``ok`` true) or ControlError."""
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.REQ)
+    sock.linger = 0
+    sock.rcvtimeo = int(timeout * 1000)
+    sock.sndtimeo = int(timeout * 1000)
+    apply(sock, client_keys(keys))
+    sock.connect(control)
+    try:
+        sock.send(msgpack.packb({"command": command, **fields}))
+        reply = msgpack.unpackb(sock.recv(), raw=False)
+    except zmq.Again:
+        raise ControlError(
+            f"no answer from the back-end at {control} within {timeout} s: is `bluesky-ptycho "
+            "serve` running there (and do you have its keys, if it uses them)?"
+        ) from None
+    finally:
+        sock.close()
+    if not reply.get("ok"):
+        raise ControlError(f"the back-end at {control} refused {command!r}: {reply.get('error')}")
+    return reply
+
+
+def format_status(status: dict) -> str:
+    """A status reply as the table ``bluesky-ptycho status`` prints."""
+    srv = status.get("server", {})
+    w = status.get("workers") or {}
+    lines = [
+        f"back-end {srv.get('address')}  up {srv.get('uptime')} s  device {status.get('device')}  "
+        f"backlog {srv.get('backlog')}/{srv.get('max_backlog')}",
+        f"documents received {srv.get('received', 0)}, duplicates {srv.get('duplicates', 0)}, "
+        f"rejected: malformed {srv.get('malformed', 0)}, oversized {srv.get('oversized', 0)}; "
+        f"runs resumed {srv.get('resumed_runs', 0)}",
+    ]
+    if w:
+        lines.append(f"dask: {w.get('n', '?')} worker(s) at {w.get('scheduler')} "
+                     f"{w.get('error', '')}".rstrip())
+    now = status.get("time", time.time())
+    for uid, run in status.get("runs", {}).items():
+        lines.append(f"run {uid[:8]} ({'finished' if run['finished'] else 'in progress'})")
+        lines.append(f"  {'stage':<16}{'state':<9}{'in':>7}{'out':>7}{'backlog':>9}"
+                     f"{'rate/s':>8}{'beat s':>8}  last error")
+        for key, s in run["stages"].items():
+            lines.append(
+                f"  {key:<16}{s['state']:<9}{s['frames_in']:>7}{s['frames_out']:>7}"
+                f"{s['backlog']:>9}{s['rate']:>8.1f}{s['heartbeat_age']:>8.1f}  "
+                f"{s['last_error'][:60]}"
+            )
+    if not status.get("runs"):
+        lines.append(f"no runs yet ({time.strftime('%H:%M:%S', time.localtime(now))})")
+    return "\n".join(lines)

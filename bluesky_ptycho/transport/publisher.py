@@ -1,0 +1,173 @@
+"""The RunEngine's side of the remote back-end: ``RE.subscribe(Publisher())``.
+
+The callback only puts the document on a queue and returns; a thread of its
+own sends each document as one message (:mod:`.wire`) over a ZeroMQ PUSH
+socket to ``bluesky-ptycho serve``. PUSH holds messages while the back-end
+is away or busy (up to ``hwm`` in ZeroMQ, the rest on the queue, which holds
+documents only), so the scan never waits for the back-end and nothing is
+dropped.
+
+Frames travel one of two ways (``frames=``):
+
+- ``"file"`` (the default, measured faster — docs/benchmarks.md): the
+  documents go as they are and the back-end reads the frames from the
+  detector's HDF5 files named by the StreamResource documents; the two
+  machines must see the same storage.
+- ``"inline"``: the sending thread reads each frame as its StreamDatum
+  passes and sends it as a raw buffer inside its event (no pickling, no
+  copy); the image's StreamResource/StreamDatum documents are not sent. For
+  a back-end that cannot see the detector's files. A frame is read only
+  when its turn to be sent comes, so a slow back-end costs the beamline
+  documents on the queue, not frames in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import zmq
+from event_model import unpack_event_page
+
+from ..io.frames import StreamFrameReader
+from . import DEFAULT_DATA_PORT, DEFAULT_HOST, address
+from .security import apply, client_keys
+from .wire import encode
+
+log = logging.getLogger(__name__)
+FRAME_MODES = ("file", "inline")
+_CLOSE = object()
+
+
+class Publisher:
+    """Send every document of the RunEngine to a back-end.
+
+    Parameters
+    ----------
+    address : str
+        The back-end's document address (``serve`` prints it);
+        ``tcp://127.0.0.1:5577`` by default.
+    frames : {"file", "inline"}
+        How detector frames reach the back-end (see the module docstring).
+    keys : path-like, optional
+        Folder with ``client.key_secret`` and ``server.key`` (``bluesky-ptycho
+        keys``), for a back-end that listens beyond localhost.
+    hwm : int
+        Messages ZeroMQ holds for the back-end before the sender waits.
+    """
+
+    def __init__(
+        self,
+        address: str = address(DEFAULT_HOST, DEFAULT_DATA_PORT),
+        frames: str = "file",
+        keys: Any = None,
+        hwm: int = 64,
+    ) -> None:
+        if frames not in FRAME_MODES:
+            raise ValueError(f"Publisher(frames={frames!r}): choose one of {FRAME_MODES}")
+        if not address.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"Publisher(address={address!r}): give tcp://HOST:PORT")
+        self.address = address
+        self.frames = frames
+        self._context = zmq.Context.instance()
+        self._sock = self._context.socket(zmq.PUSH)
+        self._sock.sndhwm = hwm
+        apply(self._sock, client_keys(keys))
+        self._sock.connect(address)
+        self._queue: queue.Queue = queue.Queue()
+        self.sent = 0
+        self.errors: list[str] = []
+        self._runs: dict[str, str] = {}  # descriptor or resource uid → run uid
+        self._image_keys: dict[str, str] = {}  # run uid → the detector image's data key
+        self._images: dict[str, str] = {}  # image StreamResource uid → run uid
+        self._reader = StreamFrameReader()
+        self._pending: dict[tuple[str, int], Any] = {}  # (descriptor, seq_num) → frame
+        self._thread = threading.Thread(target=self._send_loop, name="publisher", daemon=True)
+        self._thread.start()
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self._queue.put((name, doc))
+
+    @property
+    def queued(self) -> int:
+        """Documents waiting to be sent."""
+        return self._queue.qsize()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every document so far has been handed to ZeroMQ; True if in time."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued (waiting up to *timeout* s for the back-end), then close."""
+        self._queue.put((_CLOSE, None))
+        self._thread.join(timeout)
+        self._sock.close(linger=int(timeout * 1000))
+
+    # -- the sending thread ---------------------------------------------------------
+    def _send_loop(self) -> None:
+        while True:
+            name, doc = self._queue.get()
+            try:
+                if name is _CLOSE:
+                    return
+                for n, d in self._outgoing(name, doc):
+                    self._sock.send_multipart(encode(n, d, self._run_of(n, d)), copy=False)
+                    self.sent += 1
+            except Exception as err:  # a document that cannot be sent must not stop the others
+                self.errors.append(f"{name}: {type(err).__name__}: {err}")
+                log.exception("could not send a %s document to %s", name, self.address)
+            finally:
+                self._queue.task_done()
+
+    def _run_of(self, name: str, doc: dict) -> str | None:
+        if name == "start":
+            return doc["uid"]
+        if name in ("event", "event_page", "stream_datum"):
+            return self._runs.get(doc["descriptor"])
+        return doc.get("run_start")
+
+    def _outgoing(self, name: str, doc: dict) -> list[tuple[str, dict]]:
+        if name == "start":
+            self._image_keys[doc["uid"]] = (doc.get("ptycho") or {}).get("image_key", "fccd_image")
+        elif name == "descriptor":
+            self._runs[doc["uid"]] = doc["run_start"]
+        elif name == "stop":
+            self._forget(doc["run_start"])
+        if self.frames == "file":
+            return [(name, doc)]
+        # inline: frames ride in their events
+        if name == "stream_resource" and doc.get("data_key") == self._image_keys.get(
+            doc.get("run_start", "")
+        ):
+            self._reader.stream_resource(doc)
+            self._images[doc["uid"]] = doc["run_start"]
+            return []
+        if name == "stream_datum" and doc["stream_resource"] in self._images:
+            frames = self._reader.frames(doc)
+            first = doc["seq_nums"]["start"]
+            for k, frame in enumerate(frames):
+                self._pending[(doc["descriptor"], first + k)] = frame
+            return []
+        if name == "event_page":
+            return [e for ev in unpack_event_page(doc) for e in self._outgoing("event", ev)]
+        if name == "event":
+            frame = self._pending.pop((doc["descriptor"], doc["seq_num"]), None)
+            if frame is not None:
+                key = self._image_keys.get(self._runs.get(doc["descriptor"], ""), "fccd_image")
+                doc = {**doc, "data": {**doc["data"], key: frame},
+                       "timestamps": {**doc["timestamps"], key: doc["time"]}}
+        return [(name, doc)]
+
+    def _forget(self, run: str) -> None:
+        for uid in [u for u, r in self._images.items() if r == run]:
+            del self._images[uid]
+        descriptors = {u for u, r in self._runs.items() if r == run}
+        self._pending = {k: v for k, v in self._pending.items() if k[0] not in descriptors}
