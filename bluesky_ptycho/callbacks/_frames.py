@@ -33,20 +33,22 @@ class RawFrames:
         if doc.get("data_key") == self.image_key:
             self.reader.stream_resource(doc)
 
-    def from_datum(self, doc: dict) -> tuple[str, list[int], np.ndarray] | None:
-        """(stream, seq_nums, frames) of a StreamDatum of the image key, else None."""
+    def from_datum(
+        self, doc: dict, stream: str | None = None
+    ) -> tuple[str, list[int], np.ndarray] | None:
+        """(stream, seq_nums, frames) of a StreamDatum of the image key, else None;
+        with *stream*, None for the other streams too (their frames are not read)."""
         try:
             if self.reader.data_key(doc) != self.image_key:
                 return None
         except KeyError:
             return None
+        name = self.streams.get(doc["descriptor"], "primary")
+        if stream is not None and name != stream:
+            return None
         frames = self.reader.frames(doc)
         s = doc["seq_nums"]
-        return (
-            self.streams.get(doc["descriptor"], "primary"),
-            list(range(s["start"], s["stop"])),
-            frames,
-        )
+        return name, list(range(s["start"], s["stop"])), frames
 
     def from_event_page(self, doc: dict) -> tuple[str, list[int], list[Any] | None, dict]:
         """(stream, seq_nums, inline frames or None, data columns) of an EventPage."""

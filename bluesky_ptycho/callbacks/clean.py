@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+import time
+from collections import deque
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
 from ..core import fccd
 from ..core._array import get_xp, to_numpy
-from ..core.clean import CleanSettings, Preprocessor
+from ..core.clean import CleanedBatch, CleanSettings, Preprocessor
 from ..core.dark import DarkResult
 from ..core.geometry import Beamstop
 from ..plugins import Param
 from ._frames import RawFrames, frame_problem
 from .base import DerivedRun, Stage
+
+
+def clean_remote(preprocessor: Preprocessor, raw: np.ndarray) -> CleanedBatch:
+    """What a Dask worker runs: one batch through the nine steps (frames back on the host)."""
+    out = preprocessor(raw)
+    return replace(out, frames=to_numpy(out.frames))
+
+
+@dataclass
+class _Batch:
+    """A batch out on the workers: its items, each one's problem ("" when sent), the raw frames."""
+
+    items: list
+    problems: list[str]
+    raw: np.ndarray | None
+    future: Any = None
 
 
 class FrameCleaner(Stage):
@@ -28,6 +46,14 @@ class FrameCleaner(Stage):
     failed cleaning), ``photons`` and ``ripple_adu``. Invalid frames are
     passed on flagged, never dropped, so the reconstruction can give them
     zero weight and a rescan can retake them.
+
+    With ``where = "dask"`` in the pipeline file (:meth:`distribute`) the
+    batches are cleaned on Dask workers, several at once; results are
+    emitted in the order the frames came, at most ``max_in_flight`` frames
+    are out at once, and a batch whose worker died is sent again (Dask
+    re-runs it; a batch that failed anyway is resubmitted once more), so each
+    frame comes out exactly once. The first batch is cleaned here: it fixes
+    the pattern centre every worker then uses.
 
     The geometry (gain, crop, output size, beamstop) comes from the run's
     ``"ptycho"`` metadata; keyword arguments override any
@@ -44,6 +70,8 @@ class FrameCleaner(Stage):
     """
 
     stage_name = "frame_cleaning"
+    distributable = True
+    live_params = ("batch_size",)
     inputs = ("raw/primary", "dark_statistics/dark")
     outputs = ("frame_cleaning/cleaned",)
     params = (
@@ -105,7 +133,24 @@ class FrameCleaner(Stage):
         self._setup_error = ""
         self.n_cleaned = 0
         self.n_flagged = 0
+        self.client: Any = None
+        self.max_in_flight = 0
+        self.redone = 0
+        self._in_flight: deque[_Batch] = deque()
+        self._prep_future: Any = None
         super().__init__()
+
+    def distribute(self, client: Any, max_in_flight: int = 64) -> None:
+        """Clean on the workers of the Dask *client*, with at most *max_in_flight* frames out."""
+        if max_in_flight < 1:
+            raise ValueError(f"frame_cleaning: max_in_flight={max_in_flight} must be >= 1")
+        self.client = client
+        self.max_in_flight = max_in_flight
+
+    def held_frames(self) -> int:
+        return len(self._ready) + len(self._frames_by_seq) + sum(
+            len(b.items) for b in self._in_flight
+        )
 
     # -- two inputs: the raw run and the dark statistics run ---------------------
     def start(self, doc: dict) -> None:
@@ -138,8 +183,8 @@ class FrameCleaner(Stage):
     def stream_datum(self, doc: dict) -> None:
         if self._raw is None:
             return
-        got = self._raw.from_datum(doc)
-        if got is None or got[0] != "primary":
+        got = self._raw.from_datum(doc, "primary")
+        if got is None:
             return
         for s, f in zip(got[1], got[2], strict=True):
             self._frames_by_seq[s] = f
@@ -188,11 +233,17 @@ class FrameCleaner(Stage):
 
     # -- the work: batches of ready frames -----------------------------------------
     def has_work(self) -> bool:
-        return self._dark is not None and bool(self._ready)
+        return (self._dark is not None and bool(self._ready)) or bool(self._in_flight)
 
     def work(self) -> None:
-        batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
-        self._clean(batch)
+        remote = (self.client is not None and self.preprocessor is not None
+                  and self.preprocessor.region is not None)
+        if remote:
+            self._submit_ready()
+            self._collect()
+        elif self._ready:
+            batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
+            self._clean(batch)
         self._finish_if_done()
 
     def _finish_if_done(self) -> None:
@@ -204,9 +255,83 @@ class FrameCleaner(Stage):
             # the dark statistics stage sent nothing (it failed): clean without darks
             self._dark = {"n_frames": 0}
             self._make_preprocessor()
-        if not self._ready:
+        if not self._ready and not self._in_flight:
+            self._prep_future = None
             self._out.stop()
             self.close()
+
+    # -- on Dask workers ------------------------------------------------------------------
+    def _submit(self, raw: np.ndarray) -> Any:
+        """The future of one batch cleaned on a worker; None when the workers cannot be
+        reached this moment (one just died): :meth:`_collect` sends it again."""
+        try:
+            if self._prep_future is None:
+                self._prep_future = self.client.scatter(self.preprocessor, broadcast=True,
+                                                        hash=False)
+            # straight to a worker (3× the rate of sending it with the task via the scheduler)
+            data = self.client.scatter(raw, direct=True, hash=False)
+            return self.client.submit(clean_remote, self._prep_future, data, pure=False)
+        except Exception as err:  # a connection to a worker that just went away
+            self.log.warning("could not send a batch to the workers (%s: %s); trying again",
+                             type(err).__name__, err)
+            self._prep_future = None
+            return None
+
+    def _submit_ready(self) -> None:
+        out = sum(len(b.items) for b in self._in_flight)
+        while self._ready and out < self.max_in_flight:
+            batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
+            problems = [self._problem(it) for it in batch]
+            good = [it[3] for it, p in zip(batch, problems, strict=True) if not p]
+            raw = np.stack([np.asarray(f) for f in good]) if good else None
+            self._in_flight.append(_Batch(batch, problems, raw))
+            out += len(batch)
+
+    def _collect(self) -> None:
+        """Emit finished batches from the head, in order; wait a little for the head."""
+        from distributed import wait
+
+        for b in self._in_flight:
+            if b.raw is not None and b.future is None:
+                b.future = self._submit(b.raw)
+                if b.future is None:
+                    time.sleep(0.1)
+                    return
+        while self._in_flight:
+            head = self._in_flight[0]
+            if head.future is not None and not head.future.done():
+                if self._ready and sum(len(b.items) for b in self._in_flight) < self.max_in_flight:
+                    return  # room to send more first
+                try:
+                    wait(head.future, timeout=0.05)
+                except TimeoutError:
+                    return
+                if not head.future.done():
+                    return
+            cleaned = None
+            if head.future is not None:
+                if head.future.status == "finished":
+                    cleaned = head.future.result()
+                    head.future.release()
+                else:
+                    err = head.future.exception() if head.future.status == "error" else None
+                    if isinstance(err, ValueError):
+                        cleaned = f"cleaning failed: {err}"
+                    else:  # the worker went away, or Dask gave up on it: send it again
+                        self.redone += len(head.items)
+                        self.log.warning("batch of points %s lost on a worker (%s); sent again",
+                                         [it[0] for it in head.items], err or head.future.status)
+                        self._prep_future = None
+                        head.future = self._submit(head.raw)
+                        return
+            self._in_flight.popleft()
+            self._emit_batch(head.items, head.problems, cleaned)
+
+    def on_abort(self) -> None:
+        if self.client is not None:
+            self.client.cancel([b.future for b in self._in_flight if b.future is not None])
+        self._in_flight.clear()
+        self._ready = []
 
     def _emit_flagged(self, items: list, why: str) -> None:
         assert self.settings is not None and self._out is not None
@@ -228,29 +353,40 @@ class FrameCleaner(Stage):
                 },
             )
 
+    @staticmethod
+    def _problem(item: tuple) -> str:
+        return "missing frame" if item[3] is None else frame_problem(item[3], fccd.RAW_SHAPE)
+
     def _clean(self, batch: list) -> None:
-        assert self.settings is not None and self._out is not None
+        """Clean *batch* here, on the stage's thread."""
         if self.preprocessor is None:
             self._emit_flagged(batch, f"not cleaned: {self._setup_error}")
             return
-        good, bad = [], []
-        for item in batch:
-            problem = "missing frame" if item[3] is None else frame_problem(item[3], fccd.RAW_SHAPE)
-            (bad if problem else good).append((item, problem))
-        for item, problem in bad:
-            self._emit_flagged([item], problem)
-        if not good:
-            return
-        raw = np.stack([np.asarray(it[3]) for it, _ in good])
-        try:
-            cleaned = self.preprocessor(raw)
-        except ValueError as err:
-            self._emit_flagged([it for it, _ in good], f"cleaning failed: {err}")
-            return
-        frames = to_numpy(cleaned.frames)
-        for k, ((point, x, y, _), _p) in enumerate(good):
-            f = frames[k]
-            flag = cleaned.flags[k]
+        problems = [self._problem(it) for it in batch]
+        good = [it[3] for it, p in zip(batch, problems, strict=True) if not p]
+        cleaned: CleanedBatch | str | None = None
+        if good:
+            try:
+                cleaned = self.preprocessor(np.stack([np.asarray(f) for f in good]))
+            except ValueError as err:
+                cleaned = f"cleaning failed: {err}"
+        self._emit_batch(batch, problems, cleaned)
+
+    def _emit_batch(self, batch: list, problems: list[str],
+                    cleaned: CleanedBatch | str | None) -> None:
+        """One event per item, in order: flagged for its problem, else its cleaned frame
+        (*cleaned* holds the frames of the items without problems, or why they all failed)."""
+        assert self._out is not None
+        frames = to_numpy(cleaned.frames) if isinstance(cleaned, CleanedBatch) else None
+        k = 0
+        for item, problem in zip(batch, problems, strict=True):
+            if problem or not isinstance(cleaned, CleanedBatch):
+                self._emit_flagged([item], problem or str(cleaned))
+                continue
+            point, x, y, _ = item
+            f, flag = frames[k], cleaned.flags[k]
+            ripple = float(cleaned.ripple_adu[k])
+            k += 1
             if flag:
                 self.n_flagged += 1
                 self.log.warning("frame of point %d flagged: %s", point, flag)
@@ -266,7 +402,7 @@ class FrameCleaner(Stage):
                     "valid": not flag,
                     "flag": flag,
                     "photons": float(f.sum()),
-                    "ripple_adu": float(cleaned.ripple_adu[k]),
+                    "ripple_adu": ripple,
                 },
             )
 

@@ -71,8 +71,8 @@ class DarkStatistics(Stage):
 
     def stream_datum(self, doc: dict) -> None:
         assert self._frames is not None
-        got = self._frames.from_datum(doc)
-        if got is not None and got[0] == "dark":
+        got = self._frames.from_datum(doc, "dark")
+        if got is not None:
             self._add(got[1], list(got[2]))
 
     def event_page(self, doc: dict) -> None:

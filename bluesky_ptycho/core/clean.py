@@ -602,6 +602,17 @@ class Preprocessor:
         if self.center is not None:
             self._set_center(self.center)
 
+    # -- pickling (a Dask worker gets its own copy; the array module goes by name) -----
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["xp"] = "gpu" if self.xp.__name__ == "cupy" else "cpu"
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["xp"] = get_xp(state["xp"])
+        self.__dict__.update(state)
+
     # -- set-up -----------------------------------------------------------------
     def _set_center(self, center: tuple[float, float]) -> None:
         s, x = self.settings, self.xp

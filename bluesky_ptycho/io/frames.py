@@ -23,6 +23,9 @@ DATASET = "/entry/data/data"
 # open per process only through the same handle.
 _H5_LOCK = threading.RLock()
 _OPEN_WRITERS: dict[str, FrameFileWriter] = {}
+# Files this process reads (SWMR, most recently used last), at most _MAX_READERS open.
+_READERS: dict[str, h5py.File] = {}
+_MAX_READERS = 8
 
 
 class FrameFileWriter:
@@ -106,14 +109,20 @@ def read_frames(uri_or_path: str, dataset: str, start: int, stop: int) -> np.nda
         writer = _OPEN_WRITERS.get(path)
         if writer is not None and dataset == DATASET:
             return writer.read(start, stop)
-        with h5py.File(path, "r", swmr=True) as f:
-            ds = f[dataset]
+        f = _READERS.pop(path, None)  # kept open: opening costs more than reading a frame
+        if f is None or not f.id.valid:
+            f = h5py.File(path, "r", swmr=True)
+        _READERS[path] = f
+        while len(_READERS) > _MAX_READERS:
+            _READERS.pop(next(iter(_READERS))).close()
+        ds = f[dataset]
+        if stop > ds.shape[0]:
             ds.refresh()
-            if stop > ds.shape[0]:
-                raise IndexError(
-                    f"{path}:{dataset} holds {ds.shape[0]} frames; frames {start}:{stop} asked for"
-                )
-            return ds[start:stop]
+        if stop > ds.shape[0]:
+            raise IndexError(
+                f"{path}:{dataset} holds {ds.shape[0]} frames; frames {start}:{stop} asked for"
+            )
+        return ds[start:stop]
 
 
 def _path_from_uri(uri: str) -> Path:
