@@ -36,6 +36,8 @@ class ReconstructResult:
     object_pixel_size_m : float
     probe_source : str
         Where the starting probe came from.
+    ranks : int
+        MPI ranks the scan was split over (1: one process).
     """
 
     output: Path
@@ -45,6 +47,7 @@ class ReconstructResult:
     seconds: float
     object_pixel_size_m: float
     probe_source: str
+    ranks: int = 1
 
 
 def prepare(
@@ -128,6 +131,7 @@ def reconstruct_cxi(
     options: dict[str, Any] | None = None,
     progress: Callable[[int, float], Any] | None = None,
     defocus_m: float = 0.0,
+    comm: Any = None,
 ) -> ReconstructResult:
     """Reconstruct the ptychography scan in *input_path*; write probe and object to *output_path*.
 
@@ -136,23 +140,35 @@ def reconstruct_cxi(
     ``entry_1/image_2/data`` with the object's pixel size (the layout
     ptychodus reads). *progress(iteration, data_error)* is called after
     each iteration.
+
+    With an MPI communicator *comm* of more than one rank, each rank
+    reconstructs one region of the scan and the object is merged every
+    iteration (:mod:`bluesky_ptycho.transport.mpi`); rank 0 writes the file.
     """
     if iterations < 1:
         raise ValueError(f"--iterations {iterations}: give at least 1")
+    ranks = 1 if comm is None else comm.size
+    if ranks > 1:
+        from .transport.mpi import RegionMerge, select_device
+
+        select_device(comm, backend(device))
     data = read_cxi(input_path)
     solver, pixel, origin = prepare(
         data, algorithm, modes, device, options, str(input_path), defocus_m=defocus_m
     )
+    step = RegionMerge(comm, solver).iterate if ranks > 1 else solver.iterate
     t0 = time.perf_counter()
     for _ in range(iterations):
-        err = solver.iterate(1)
+        err = step(1)
         if progress is not None and err:
             progress(solver.iteration, err[0])
     seconds = time.perf_counter() - t0
     data.probe = to_numpy(solver.probe)
     data.object = to_numpy(solver.object)
     data.object_pixel_size_m = pixel
-    out = write_cxi(output_path, data)
+    out = Path(output_path)
+    if comm is None or comm.rank == 0:
+        out = write_cxi(output_path, data)
     return ReconstructResult(
         output=out,
         algorithm=solver.name,
@@ -161,6 +177,7 @@ def reconstruct_cxi(
         seconds=seconds,
         object_pixel_size_m=pixel,
         probe_source=origin,
+        ranks=ranks,
     )
 
 
