@@ -34,10 +34,12 @@ class RawFrames:
             self.reader.stream_resource(doc)
 
     def from_datum(
-        self, doc: dict, stream: str | None = None
-    ) -> tuple[str, list[int], np.ndarray] | None:
+        self, doc: dict, stream: str | None = None, read: bool = True
+    ) -> tuple[str, list[int], Any] | None:
         """(stream, seq_nums, frames) of a StreamDatum of the image key, else None;
-        with *stream*, None for the other streams too (their frames are not read)."""
+        with *stream*, None for the other streams too (their frames are not read).
+        With ``read=False`` the frames are :class:`~bluesky_ptycho.io.frames.FrameRef`
+        (where they lie), not read."""
         try:
             if self.reader.data_key(doc) != self.image_key:
                 return None
@@ -46,7 +48,7 @@ class RawFrames:
         name = self.streams.get(doc["descriptor"], "primary")
         if stream is not None and name != stream:
             return None
-        frames = self.reader.frames(doc)
+        frames = self.reader.frames(doc) if read else self.reader.references(doc)
         s = doc["seq_nums"]
         return name, list(range(s["start"], s["stop"])), frames
 

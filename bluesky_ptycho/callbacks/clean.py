@@ -14,24 +14,53 @@ from ..core._array import get_xp, to_numpy
 from ..core.clean import CleanedBatch, CleanSettings, Preprocessor
 from ..core.dark import DarkResult
 from ..core.geometry import Beamstop
+from ..io.frames import FrameRef
 from ..plugins import Param
 from ._frames import RawFrames, frame_problem
 from .base import DerivedRun, Stage
 
 
-def clean_remote(preprocessor: Preprocessor, raw: np.ndarray) -> CleanedBatch:
-    """What a Dask worker runs: one batch through the nine steps (frames back on the host)."""
-    out = preprocessor(raw)
-    return replace(out, frames=to_numpy(out.frames))
+def clean_remote(
+    preprocessor: Preprocessor, frames: np.ndarray | list[FrameRef]
+) -> tuple[list[str], CleanedBatch | str | None]:
+    """What a Dask worker runs: one batch through the nine steps.
+
+    *frames* are raw frames already checked (stacked), or references to
+    frames in the detector's files, which the worker reads and checks itself.
+    Returns each frame's problem ("" when fine) and the cleaned batch of the
+    fine ones (frames on the host), or why cleaning failed.
+    """
+    if isinstance(frames, np.ndarray):
+        problems, raw = [""] * len(frames), frames
+    else:
+        raw = np.empty((len(frames), *fccd.RAW_SHAPE), np.uint16)  # read straight into it
+        problems = []
+        for k, ref in enumerate(frames):
+            try:
+                ref.read_into(raw[k])
+            except (OSError, KeyError, IndexError, TypeError, ValueError) as err:
+                problems.append(f"could not read the frame: {err}")
+                continue
+            problems.append(frame_problem(raw[k], fccd.RAW_SHAPE))
+        if any(problems):
+            raw = raw[[not p for p in problems]]
+    if not len(raw):
+        return problems, None
+    try:
+        out = preprocessor(raw)
+    except ValueError as err:
+        return problems, f"cleaning failed: {err}"
+    return problems, replace(out, frames=to_numpy(out.frames))
 
 
 @dataclass
 class _Batch:
-    """A batch out on the workers: its items, each one's problem ("" when sent), the raw frames."""
+    """A batch out on the workers: its items, each one's problem found here ("" when sent),
+    and what is sent (raw frames, or where they lie in the detector's files)."""
 
     items: list
     problems: list[str]
-    raw: np.ndarray | None
+    payload: np.ndarray | list[FrameRef] | None
     future: Any = None
 
 
@@ -183,7 +212,8 @@ class FrameCleaner(Stage):
     def stream_datum(self, doc: dict) -> None:
         if self._raw is None:
             return
-        got = self._raw.from_datum(doc, "primary")
+        # on Dask, the workers read the frames from the file themselves
+        got = self._raw.from_datum(doc, "primary", read=self.client is None)
         if got is None:
             return
         for s, f in zip(got[1], got[2], strict=True):
@@ -261,16 +291,18 @@ class FrameCleaner(Stage):
             self.close()
 
     # -- on Dask workers ------------------------------------------------------------------
-    def _submit(self, raw: np.ndarray) -> Any:
+    def _submit(self, payload: np.ndarray | list[FrameRef]) -> Any:
         """The future of one batch cleaned on a worker; None when the workers cannot be
         reached this moment (one just died): :meth:`_collect` sends it again."""
         try:
             if self._prep_future is None:
                 self._prep_future = self.client.scatter(self.preprocessor, broadcast=True,
                                                         hash=False)
-            # straight to a worker (3× the rate of sending it with the task via the scheduler)
-            data = self.client.scatter(raw, direct=True, hash=False)
-            return self.client.submit(clean_remote, self._prep_future, data, pure=False)
+            if isinstance(payload, np.ndarray):
+                # straight to a worker (3× the rate of sending it with the task via the
+                # scheduler)
+                payload = self.client.scatter(payload, direct=True, hash=False)
+            return self.client.submit(clean_remote, self._prep_future, payload, pure=False)
         except Exception as err:  # a connection to a worker that just went away
             self.log.warning("could not send a batch to the workers (%s: %s); trying again",
                              type(err).__name__, err)
@@ -283,8 +315,12 @@ class FrameCleaner(Stage):
             batch, self._ready = self._ready[: self.batch_size], self._ready[self.batch_size :]
             problems = [self._problem(it) for it in batch]
             good = [it[3] for it, p in zip(batch, problems, strict=True) if not p]
-            raw = np.stack([np.asarray(f) for f in good]) if good else None
-            self._in_flight.append(_Batch(batch, problems, raw))
+            payload: Any = None
+            if good and all(isinstance(f, FrameRef) for f in good):
+                payload = good  # the worker reads them
+            elif good:
+                payload = np.stack([self._load(f) for f in good])
+            self._in_flight.append(_Batch(batch, problems, payload))
             out += len(batch)
 
     def _collect(self) -> None:
@@ -292,8 +328,8 @@ class FrameCleaner(Stage):
         from distributed import wait
 
         for b in self._in_flight:
-            if b.raw is not None and b.future is None:
-                b.future = self._submit(b.raw)
+            if b.payload is not None and b.future is None:
+                b.future = self._submit(b.payload)
                 if b.future is None:
                     time.sleep(0.1)
                     return
@@ -308,24 +344,23 @@ class FrameCleaner(Stage):
                     return
                 if not head.future.done():
                     return
-            cleaned = None
+            problems, cleaned = head.problems, None
             if head.future is not None:
-                if head.future.status == "finished":
-                    cleaned = head.future.result()
-                    head.future.release()
-                else:
+                if head.future.status != "finished":
+                    # the worker went away, or Dask gave up on the task: send it again
                     err = head.future.exception() if head.future.status == "error" else None
-                    if isinstance(err, ValueError):
-                        cleaned = f"cleaning failed: {err}"
-                    else:  # the worker went away, or Dask gave up on it: send it again
-                        self.redone += len(head.items)
-                        self.log.warning("batch of points %s lost on a worker (%s); sent again",
-                                         [it[0] for it in head.items], err or head.future.status)
-                        self._prep_future = None
-                        head.future = self._submit(head.raw)
-                        return
+                    self.redone += len(head.items)
+                    self.log.warning("batch of points %s lost on a worker (%s); sent again",
+                                     [it[0] for it in head.items], err or head.future.status)
+                    self._prep_future = None
+                    head.future = self._submit(head.payload)
+                    return
+                remote, cleaned = head.future.result()
+                head.future.release()
+                found = iter(remote)  # the worker's verdict on the frames sent
+                problems = [p or next(found) for p in head.problems]
             self._in_flight.popleft()
-            self._emit_batch(head.items, head.problems, cleaned)
+            self._emit_batch(head.items, problems, cleaned)
 
     def on_abort(self) -> None:
         if self.client is not None:
@@ -355,22 +390,40 @@ class FrameCleaner(Stage):
 
     @staticmethod
     def _problem(item: tuple) -> str:
-        return "missing frame" if item[3] is None else frame_problem(item[3], fccd.RAW_SHAPE)
+        frame = item[3]
+        if frame is None:
+            return "missing frame"
+        if isinstance(frame, FrameRef):
+            return ""  # checked where it is read
+        return frame_problem(frame, fccd.RAW_SHAPE)
+
+    @staticmethod
+    def _load(frame: Any) -> np.ndarray:
+        return frame.read() if isinstance(frame, FrameRef) else np.asarray(frame)
 
     def _clean(self, batch: list) -> None:
         """Clean *batch* here, on the stage's thread."""
         if self.preprocessor is None:
             self._emit_flagged(batch, f"not cleaned: {self._setup_error}")
             return
-        problems = [self._problem(it) for it in batch]
-        good = [it[3] for it, p in zip(batch, problems, strict=True) if not p]
+        items = []
+        for point, x, y, frame in batch:
+            if isinstance(frame, FrameRef):
+                try:
+                    frame = frame.read()
+                except (OSError, KeyError, IndexError) as err:
+                    self._emit_flagged([(point, x, y, None)], f"could not read the frame: {err}")
+                    continue
+            items.append((point, x, y, frame))
+        problems = [self._problem(it) for it in items]
+        good = [it[3] for it, p in zip(items, problems, strict=True) if not p]
         cleaned: CleanedBatch | str | None = None
         if good:
             try:
                 cleaned = self.preprocessor(np.stack([np.asarray(f) for f in good]))
             except ValueError as err:
                 cleaned = f"cleaning failed: {err}"
-        self._emit_batch(batch, problems, cleaned)
+        self._emit_batch(items, problems, cleaned)
 
     def _emit_batch(self, batch: list, problems: list[str],
                     cleaned: CleanedBatch | str | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -99,16 +100,23 @@ class FrameFileWriter:
         }
 
 
-def read_frames(uri_or_path: str, dataset: str, start: int, stop: int) -> np.ndarray:
+def read_frames(
+    uri_or_path: str, dataset: str, start: int, stop: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Frames ``start:stop`` of *dataset* in an HDF5 file (a path or a ``file://`` URI).
 
-    Goes through the open writer when this process is writing the file.
+    Goes through the open writer when this process is writing the file. With
+    *out* (shape ``(stop - start, ...)``) the frames are read into it.
     """
     path = str(_path_from_uri(uri_or_path))
     with _H5_LOCK:
         writer = _OPEN_WRITERS.get(path)
         if writer is not None and dataset == DATASET:
-            return writer.read(start, stop)
+            frames = writer.read(start, stop)
+            if out is None:
+                return frames
+            out[...] = frames
+            return out
         f = _READERS.pop(path, None)  # kept open: opening costs more than reading a frame
         if f is None or not f.id.valid:
             f = h5py.File(path, "r", swmr=True)
@@ -122,7 +130,10 @@ def read_frames(uri_or_path: str, dataset: str, start: int, stop: int) -> np.nda
             raise IndexError(
                 f"{path}:{dataset} holds {ds.shape[0]} frames; frames {start}:{stop} asked for"
             )
-        return ds[start:stop]
+        if out is None:
+            return ds[start:stop]
+        ds.read_direct(out, np.s_[start:stop])
+        return out
 
 
 def _path_from_uri(uri: str) -> Path:
@@ -133,6 +144,25 @@ def _path_from_uri(uri: str) -> Path:
             rest = rest[len("localhost") :]
         return Path(rest)
     return Path(uri)
+
+
+class FrameRef(NamedTuple):
+    """Where one frame lies: an HDF5 file (path or ``file://`` URI), a dataset, an index.
+
+    Small and picklable: what a worker is sent instead of the frame when it
+    can read the file itself.
+    """
+
+    uri: str
+    dataset: str
+    index: int
+
+    def read(self) -> np.ndarray:
+        return read_frames(self.uri, self.dataset, self.index, self.index + 1)[0]
+
+    def read_into(self, out: np.ndarray) -> None:
+        """Read the frame into *out* (one frame's shape), with no temporary copy."""
+        read_frames(self.uri, self.dataset, self.index, self.index + 1, out=out[None])
 
 
 class StreamFrameReader:
@@ -160,11 +190,22 @@ class StreamFrameReader:
 
     def frames(self, datum: dict) -> np.ndarray:
         """The frames ``(k, ...)`` of a StreamDatum."""
+        res = self._resource(datum)
+        idx = datum["indices"]
+        return read_frames(res["uri"], res["parameters"]["dataset"], idx["start"], idx["stop"])
+
+    def references(self, datum: dict) -> list[FrameRef]:
+        """Where each frame of a StreamDatum lies, without reading it."""
+        res = self._resource(datum)
+        idx = datum["indices"]
+        return [FrameRef(res["uri"], res["parameters"]["dataset"], i)
+                for i in range(idx["start"], idx["stop"])]
+
+    def _resource(self, datum: dict) -> dict:
         res = self._resources.get(datum["stream_resource"])
         if res is None:
             raise KeyError(
                 f"stream_datum {datum.get('uid')} names stream_resource "
                 f"{datum['stream_resource']}, which this run has not announced"
             )
-        idx = datum["indices"]
-        return read_frames(res["uri"], res["parameters"]["dataset"], idx["start"], idx["stop"])
+        return res

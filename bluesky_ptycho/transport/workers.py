@@ -14,6 +14,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Environment of the local workers: one thread per worker, FFTs included (the
+#: workers are the parallelism).
+WORKER_ENV = {"BLUESKY_PTYCHO_FFT_WORKERS": "1", "OMP_NUM_THREADS": "1"}
+
 
 def connect(
     scheduler: str | None = None,
@@ -56,6 +60,7 @@ def connect(
     cluster = LocalCluster(
         n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
         silence_logs=logging.WARNING,
+        env=WORKER_ENV,
     )
     return Client(cluster)
 
