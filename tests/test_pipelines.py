@@ -40,6 +40,7 @@ def test_default_and_a_custom_file_are_valid(tmp_path):
     spec = load_pipeline(_file(tmp_path, GOOD))
     assert spec.stages["reconstruction"].params == {"final_iterations": 5}
     assert main(["check", str(DEFAULT)]) == 0
+    assert main(["check", str(DEFAULT.with_name("backend.toml"))]) == 0
 
 
 @pytest.mark.parametrize(
@@ -71,12 +72,15 @@ def test_default_and_a_custom_file_are_valid(tmp_path):
         (("final_iterations = 5 }", "final_iterations = 5"), r"pipe\.toml: not valid TOML"),
         (('inputs = ["frame_cleaning"]', 'inputs = ["frame_cleaning"]\nwhere = "gpu-node-3"'),
          r"stages\.reconstruction\.where = 'gpu-node-3': a stage can run in \['process', 'dask'\]"),
+        (('inputs = ["frame_cleaning"]', 'inputs = ["frame_cleaning"]\nwhere = "dask"'),
+         r"stages\.reconstruction\.where = 'dask': stage 'reconstruction' cannot spread over "
+         r"workers; use where = 'process' \(stages that can: \['frame_cleaning'\]\)"),
         (("params = { final_iterations = 5 }", "params = { options = { batch_sise = 3 } }"),
          r"stages\.reconstruction\.params: .*batch_sise"),
     ],
     ids=["unknown-stage", "wrong-type", "out-of-range", "bad-choice", "input-nobody-produces",
          "unknown-input", "cycle", "unknown-section", "bad-device", "toml-syntax", "where",
-         "solver-option"],
+         "where-dask", "solver-option"],
 )
 def test_each_malformed_file_is_reported_with_file_key_and_fix(tmp_path, change, message):
     old, new = change
