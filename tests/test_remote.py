@@ -330,6 +330,25 @@ def test_malformed_and_oversized_messages_are_rejected_and_counted(local_server)
     sock.close()
 
 
+def test_documents_of_a_run_never_started_are_set_aside(local_server):
+    """A back-end restarted without a catalog cannot pick up a run in progress: it says so
+    once and counts that run's documents, and takes the next run normally."""
+    server = local_server()
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.linger = 1000
+    sock.connect(server.address)
+    for i in range(3):
+        sock.send_multipart(wire.encode("event", {"uid": f"e{i}", "descriptor": "d",
+                                                  "seq_num": i + 1, "data": {}}, run="lost-run"))
+    sock.send_multipart(wire.encode("start", {"uid": "s" * 36, "time": 0.0}))
+    deadline = time.monotonic() + 10
+    while server.counters["received"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.counters["orphan_runs"] == 1 and server.counters["orphan_documents"] == 3
+    assert server.counters["pipeline_errors"] == 0
+    sock.close()
+
+
 def test_wire_round_trip_keeps_arrays_without_copies():
     frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
     parts = wire.encode("event", {"uid": "u", "data": {"img": frame, "x": 1.5}}, run="r")

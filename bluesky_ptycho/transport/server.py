@@ -92,6 +92,7 @@ class Server:
         self._stop = threading.Event()
         self._seen: dict[str, set[str]] = {}
         self._resumed: set[str] = set()
+        self._orphans: set[str] = set()
         self._context = zmq.Context()
         self._auth = None
         server_keys = ServerKeys(Path(keys)) if keys is not None else None
@@ -172,10 +173,15 @@ class Server:
             self.counters["malformed"] += 1
             log.warning("a %s document without its run's uid: dropped", name)
             return
+        if run in self._orphans:
+            self.counters["orphan_documents"] += 1
+            return
         if run not in self._seen:
             self._seen[run] = set()
-            if name != "start":
-                self._resume(run)
+            if name != "start" and not self._resume(run):
+                self._orphans.add(run)
+                self.counters["orphan_documents"] += 1
+                return
         if name == "stop" and run in self._resumed:
             self._refill(run)
         self._feed(run, name, doc)
@@ -211,20 +217,22 @@ class Server:
                           "README)", run, self.catalog.location, err)
                 return []
 
-    def _resume(self, run: str) -> None:
+    def _resume(self, run: str) -> bool:
+        """Feed run *run* from the catalog; False when it cannot be found there."""
         docs = self._stored(run)
         if not docs:
             self.counters["orphan_runs"] += 1
             log.error("documents of run %s arrive without its start document, and the catalog "
                       "does not hold it: this back-end restarted mid-run without a catalog "
                       "(give --catalog); the run's documents are ignored", run)
-            return
+            return False
         self._resumed.add(run)
         self.counters["resumed_runs"] += 1
         log.warning("run %s picked up mid-scan from %d stored documents", run, len(docs))
         for name, doc in docs:
             if name != "stop":
                 self._feed(run, name, doc)
+        return True
 
     def _refill(self, run: str) -> None:
         """Before a resumed run's stop: the documents that were in flight while we were down."""
@@ -278,6 +286,7 @@ class Server:
             self.pipeline.reset()
             self._seen.clear()
             self._resumed.clear()
+            self._orphans.clear()
             self.counters.clear()
             return {"ok": True}
         if cmd == "ping":
