@@ -62,6 +62,7 @@ class _Batch:
     problems: list[str]
     payload: np.ndarray | list[FrameRef] | None
     future: Any = None
+    sent: int = 0  # times sent again after a failure on the workers
 
 
 class FrameCleaner(Stage):
@@ -80,8 +81,9 @@ class FrameCleaner(Stage):
     batches are cleaned on Dask workers, several at once; results are
     emitted in the order the frames came, at most ``max_in_flight`` frames
     are out at once, and a batch whose worker died is sent again (Dask
-    re-runs it; a batch that failed anyway is resubmitted once more), so each
-    frame comes out exactly once. The first batch is cleaned here: it fixes
+    re-runs it, and a batch that failed anyway is sent again up to
+    ``RESEND`` times before its frames are flagged), so each frame comes out
+    exactly once. The first batch is cleaned here: it fixes
     the pattern centre every worker then uses.
 
     The geometry (gain, crop, output size, beamstop) comes from the run's
@@ -100,6 +102,7 @@ class FrameCleaner(Stage):
 
     stage_name = "frame_cleaning"
     distributable = True
+    RESEND = 3
     live_params = ("batch_size",)
     inputs = ("raw/primary", "dark_statistics/dark")
     outputs = ("frame_cleaning/cleaned",)
@@ -345,16 +348,20 @@ class FrameCleaner(Stage):
                 if not head.future.done():
                     return
             problems, cleaned = head.problems, None
-            if head.future is not None:
-                if head.future.status != "finished":
-                    # the worker went away, or Dask gave up on the task: send it again
-                    err = head.future.exception() if head.future.status == "error" else None
+            if head.future is not None and head.future.status != "finished":
+                # the worker went away, or Dask gave up on the task
+                err = head.future.exception() if head.future.status == "error" else None
+                why = f"{type(err).__name__}: {err}" if err else head.future.status
+                if head.sent < self.RESEND:
+                    head.sent += 1
                     self.redone += len(head.items)
-                    self.log.warning("batch of points %s lost on a worker (%s); sent again",
-                                     [it[0] for it in head.items], err or head.future.status)
+                    self.log.warning("batch of points %s lost on the workers (%s); sent again",
+                                     [it[0] for it in head.items], why)
                     self._prep_future = None
                     head.future = self._submit(head.payload)
                     return
+                cleaned = f"cleaning failed on the workers {head.sent + 1} times: {why}"
+            elif head.future is not None:
                 remote, cleaned = head.future.result()
                 head.future.release()
                 found = iter(remote)  # the worker's verdict on the frames sent

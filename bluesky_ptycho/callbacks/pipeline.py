@@ -84,8 +84,9 @@ class Pipeline:
         Added to the start document of every derived run the subscribers see
         (besides ``pipeline``: the file and parameters that made it).
     client : distributed.Client, optional
-        Where ``where = "dask"`` stages run; without one, the first run that
-        needs it starts a local cluster (:func:`bluesky_ptycho.transport.workers.connect`).
+        Where ``where = "dask"`` stages run; without one, a pipeline that has
+        such stages starts a local cluster now, before any scan
+        (:func:`bluesky_ptycho.transport.workers.connect`).
     max_in_flight : int
         Frames a distributed stage has out on the workers at most.
 
@@ -116,6 +117,11 @@ class Pipeline:
         self.client = client
         self._own_cluster = False
         self.max_in_flight = max_in_flight
+        if client is None and any(s.where == "dask" for s in spec.stages.values()):
+            from ..transport.workers import connect
+
+            self.client = connect()
+            self._own_cluster = True
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.metadata = {"pipeline": spec.to_dict(), **(metadata or {})}
@@ -150,7 +156,7 @@ class Pipeline:
         for key, s in self.spec.stages.items():  # inputs come first
             stage = s.cls(device=self.spec.device, **s.params)
             if s.where == "dask":
-                stage.distribute(self._dask(), self.max_in_flight)  # type: ignore[attr-defined]
+                stage.distribute(self.client, self.max_in_flight)  # type: ignore[attr-defined]
             for source in s.inputs:
                 if source == RAW:
                     raw.append(stage)
@@ -172,14 +178,6 @@ class Pipeline:
             self.runs[start["uid"]] = run
             self._new_run.notify_all()
         return raw, []
-
-    def _dask(self) -> Any:
-        if self.client is None:
-            from ..transport.workers import connect
-
-            self.client = connect()
-            self._own_cluster = True
-        return self.client
 
     def close(self) -> None:
         """Abort what still runs and shut down a Dask cluster the pipeline started."""

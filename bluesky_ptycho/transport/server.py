@@ -93,6 +93,7 @@ class Server:
         self._seen: dict[str, set[str]] = {}
         self._resumed: set[str] = set()
         self._orphans: set[str] = set()
+        self._stopped: set[str] = set()
         self._context = zmq.Context()
         self._auth = None
         server_keys = ServerKeys(Path(keys)) if keys is not None else None
@@ -176,6 +177,9 @@ class Server:
         if run in self._orphans:
             self.counters["orphan_documents"] += 1
             return
+        if run in self._stopped:  # a late copy: the run is over (and its seen set freed)
+            self.counters["duplicates"] += 1
+            return
         if run not in self._seen:
             self._seen[run] = set()
             if name != "start" and not self._resume(run):
@@ -185,6 +189,9 @@ class Server:
         if name == "stop" and run in self._resumed:
             self._refill(run)
         self._feed(run, name, doc)
+        if name == "stop":
+            del self._seen[run]
+            self._stopped.add(run)
 
     def _feed(self, run: str, name: str, doc: dict) -> None:
         key = _identity(name, doc)
@@ -281,12 +288,14 @@ class Server:
             cleared = self.pipeline.clear()
             for uid in cleared:
                 self._seen.pop(uid, None)
+                self._stopped.discard(uid)
             return {"ok": True, "cleared": cleared}
         if cmd == "reset":
             self.pipeline.reset()
             self._seen.clear()
             self._resumed.clear()
             self._orphans.clear()
+            self._stopped.clear()
             self.counters.clear()
             return {"ok": True}
         if cmd == "ping":
