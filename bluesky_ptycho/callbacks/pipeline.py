@@ -38,6 +38,8 @@ class RunStages:
 
     stages: dict[str, Stage]
     export: CxiExport | None = None
+    #: the stages that read the raw run (its frames): the ones back-pressure watches
+    raw: list[Stage] = field(default_factory=list)
     log_handler: logging.Handler | None = field(default=None, repr=False)
 
     def __getitem__(self, key: str) -> Stage:
@@ -171,7 +173,7 @@ class Pipeline:
             )
             for stage in built.values():
                 stage.subscribe(export)
-        run = RunStages(built, export, handler)
+        run = RunStages(built, export, log_handler=handler, raw=raw)
         if handler is not None:
             threading.Thread(target=self._close_log, args=(run,), daemon=True).start()
         with self._new_run:
@@ -195,11 +197,7 @@ class Pipeline:
 
     def backlog(self) -> int:
         """Backlog of the stages that take raw frames, over the runs in progress."""
-        raw_keys = [k for k, s in self.spec.stages.items() if RAW in s.inputs]
-        return sum(
-            r.stages[k].backlog() for r in self.active().values() for k in raw_keys
-            if k in r.stages
-        )
+        return sum(s.backlog() for r in self.active().values() for s in r.raw)
 
     def status(self) -> dict[str, Any]:
         """Every run's stages: frames in and out, backlog, rate, last error, heartbeat."""

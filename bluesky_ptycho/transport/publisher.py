@@ -171,3 +171,6 @@ class Publisher:
             del self._images[uid]
         descriptors = {u for u, r in self._runs.items() if r == run}
         self._pending = {k: v for k, v in self._pending.items() if k[0] not in descriptors}
+        for uid in descriptors:
+            del self._runs[uid]
+        self._image_keys.pop(run, None)
