@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _remote_parsers(sub: Any) -> None:
     from .transport import DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT, DEFAULT_HOST, address
+    from .transport.snapshots import DEFAULT_SNAPSHOT_PORT
 
     control = address(DEFAULT_HOST, DEFAULT_CONTROL_PORT)
     srv = sub.add_parser(
@@ -133,6 +134,9 @@ def _remote_parsers(sub: Any) -> None:
     srv.add_argument("--port", type=int, default=DEFAULT_DATA_PORT, help="documents in")
     srv.add_argument("--control-port", type=int, default=DEFAULT_CONTROL_PORT,
                      help="commands and status")
+    srv.add_argument("--snapshot-port", type=int, default=DEFAULT_SNAPSHOT_PORT,
+                     help="PUB socket the stages' results go out on, for viewers and feedback "
+                     "(default %(default)s)")
     srv.add_argument("--keys", type=Path, help="CURVE key folder (bluesky-ptycho keys)")
     srv.add_argument("--workers", type=int, help="Dask workers to start (default: one per core)")
     srv.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask scheduler")
@@ -184,7 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
                     log_dir=log_dir(), client=client, max_in_flight=args.max_in_flight)
     try:
         server = Server(pipe, args.host, args.port, args.control_port, args.keys, catalog,
-                        args.max_backlog, int(args.max_message_mb * 2**20))
+                        args.max_backlog, int(args.max_message_mb * 2**20), args.snapshot_port)
     except Exception:
         pipe.close()
         if client is not None:
@@ -193,9 +197,9 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())
     workers = pipe.status()["workers"]
+    dask = f", {workers['n']} Dask worker(s) at {workers['scheduler']}" if workers else ""
     print(f"serving {spec.source}: documents {server.address}, control "
-          f"{server.control_address}" + (f", {workers['n']} Dask worker(s) at "
-                                         f"{workers['scheduler']}" if workers else ""), flush=True)
+          f"{server.control_address}, results {server.snapshots.address}{dask}", flush=True)
     try:
         server.serve()
     finally:

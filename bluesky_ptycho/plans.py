@@ -26,6 +26,11 @@ def ptycho_scan(
     center: tuple[float, float] = (0.0, 0.0),
     positions: Sequence[tuple[float, float]] | None = None,
     energy: float | None = None,
+    rescan: Any = None,
+    rescan_every: int = 0,
+    rescan_rounds: int = 2,
+    rescan_batch: int = 8,
+    rescan_wait: float = 30.0,
     md: dict | None = None,
 ) -> Generator[Any, Any, str]:
     """Take darks with the shutter closed, then diffraction frames over a scan.
@@ -54,6 +59,21 @@ def ptycho_scan(
         Explicit positions; overrides pattern, num_points and step.
     energy : float, optional
         Photon energy in eV; the detector's configured energy when omitted.
+    rescan : RescanPlanner (or any bluesky-adaptive ``Optimizer``), optional
+        Measure again, in this run, the points it suggests
+        (:mod:`bluesky_ptycho.rescan`): each round is bluesky-adaptive's
+        ``optimize_step`` with :func:`~bluesky_ptycho.rescan.rescan_acquire`.
+        The new frames carry the point's number, so the live reconstruction
+        replaces the bad ones.
+    rescan_every : int
+        Also ask for rescans after every this many points during the scan (0: only after it).
+    rescan_rounds : int
+        Rounds after the planned points (each waits up to *rescan_wait* s for
+        the verdicts on the previous one; ends early when nothing is suggested).
+    rescan_batch : int
+        Points suggested per round at most.
+    rescan_wait : float
+        Seconds a round waits for the pipeline's verdicts.
     md : dict, optional
         Extra start-document metadata.
 
@@ -86,6 +106,7 @@ def ptycho_scan(
         "image_key": detector.image_key,
         "x_key": stage.x.name,
         "y_key": stage.y.name,
+        "point_key": stage.point.name,
         "zone_plate": detector.sample.zone_plate.as_dict(),
     }
     if hasattr(detector, "beamstop"):
@@ -106,10 +127,56 @@ def ptycho_scan(
         "ptycho": ptycho_md,
         **(md or {}),
     }
-    return _scan(detector, stage, shutter, pts, int(num_darks), energy, _md)
+    if not isinstance(rescan_every, int) or rescan_every < 0 or rescan_rounds < 0 or rescan_batch < 1:
+        raise ValueError(
+            f"ptycho_scan: rescan_every={rescan_every!r} (>= 0), rescan_rounds={rescan_rounds!r} "
+            f"(>= 0), rescan_batch={rescan_batch!r} (>= 1)"
+        )
+    if rescan is not None and not (callable(getattr(rescan, "suggest", None))
+                                   and callable(getattr(rescan, "ingest", None))):
+        raise ValueError(
+            f"ptycho_scan: rescan={rescan!r} is not an Optimizer (it needs suggest and ingest); "
+            "give a bluesky_ptycho.rescan.RescanPlanner subscribed to the pipeline"
+        )
+    rescans = (rescan, rescan_every, rescan_rounds, rescan_batch, float(rescan_wait))
+    return _scan(detector, stage, shutter, pts, int(num_darks), energy, _md, rescans)
 
 
-def _scan(detector, stage, shutter, pts, num_darks, energy, md):  # type: ignore[no-untyped-def]
+def _measure(detector, stage, k, x, y):  # type: ignore[no-untyped-def]
+    yield from bps.checkpoint()
+    yield from bps.mv(stage.x, float(x), stage.y, float(y), stage.point, int(k))
+    yield from bps.trigger_and_read([detector, stage.x, stage.y, stage.point], name="primary")
+
+
+def _rescan_round(planner, detector, stage, batch):  # type: ignore[no-untyped-def]
+    """One bluesky-adaptive optimize_step in the open run; the number of points measured."""
+    from bluesky_adaptive.plans import optimize_step
+    from bluesky_adaptive.protocols import OptimizationProblem
+
+    from .rescan import rescan_acquire, rescan_outcomes
+
+    problem = OptimizationProblem(
+        optimizer=planner,
+        actuators=[stage.x, stage.y],
+        sensors=[detector],
+        evaluation_function=rescan_outcomes,
+        acquisition_plan=rescan_acquire,
+    )
+    _uid, suggestions, _outcomes = yield from optimize_step(problem, batch, point=stage.point)
+    return len(suggestions)
+
+
+def _wait_settled(planner, seconds):  # type: ignore[no-untyped-def]
+    """Sleep (the RunEngine stays responsive) until the planner has its verdicts."""
+    waited = 0.0
+    while not getattr(planner, "settled", True) and waited < seconds:
+        yield from bps.sleep(0.2)
+        waited += 0.2
+
+
+def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # type: ignore[no-untyped-def]
+    planner, every, rounds, batch, wait = rescans
+
     @bpp.run_decorator(md=md)
     def inner():  # type: ignore[no-untyped-def]
         if energy is not None:
@@ -121,10 +188,14 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md):  # type: ignore
         yield from bps.unstage(detector)
         yield from bps.mv(shutter, "open")
         yield from bps.stage(detector)
-        for x, y in pts:
-            yield from bps.checkpoint()
-            yield from bps.mv(stage.x, float(x), stage.y, float(y))
-            yield from bps.trigger_and_read([detector, stage.x, stage.y], name="primary")
+        for k, (x, y) in enumerate(pts):
+            yield from _measure(detector, stage, k, x, y)
+            if planner is not None and every and (k + 1) % every == 0:
+                yield from _rescan_round(planner, detector, stage, batch)
+        for _ in range(rounds if planner is not None else 0):
+            yield from _wait_settled(planner, wait)
+            if not (yield from _rescan_round(planner, detector, stage, batch)):
+                break
         yield from bps.unstage(detector)
         return md
 

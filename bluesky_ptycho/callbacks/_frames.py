@@ -23,6 +23,9 @@ class RawFrames:
         self.image_key: str = md.get("image_key", "fccd_image")
         self.x_key: str = md.get("x_key", "stage_x")
         self.y_key: str = md.get("y_key", "stage_y")
+        #: the scan point each primary event measures (a re-measured point comes again);
+        #: runs without it number points by event: seq_num - 1
+        self.point_key: str | None = md.get("point_key")
         self.streams: dict[str, str] = {}  # descriptor uid → stream name
         self.reader = StreamFrameReader()
 

@@ -53,6 +53,10 @@ class Stage(DocumentRouter):
     optional_inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
+    #: outputs of later stages this stage takes back when the pipeline has their producer
+    #: (``"quality/verdict"``: the reconstruction drops frames the monitor judged bad); they
+    #: close a loop, so they are wired after the stages and are not part of the input graph
+    feedback_inputs: ClassVar[tuple[str, ...]] = ()
     #: parameters that may change while a run is in progress (see :meth:`set_live`)
     live_params: ClassVar[tuple[str, ...]] = ()
     #: True where the stage can spread its work over Dask workers (``where = "dask"``)

@@ -232,9 +232,11 @@ class FrameCleaner(Stage):
         _stream, seq, frames, data = self._raw.from_event_page(doc)
         xs = data.get(self._raw.x_key, [np.nan] * len(seq))
         ys = data.get(self._raw.y_key, [np.nan] * len(seq))
+        points = data.get(self._raw.point_key) if self._raw.point_key else None
         for i, s in enumerate(seq):
             frame = frames[i] if frames is not None else self._frames_by_seq.pop(s, None)
-            self._ready.append((s - 1, float(xs[i]), float(ys[i]), frame))
+            point = int(points[i]) if points is not None else s - 1
+            self._ready.append((point, float(xs[i]), float(ys[i]), frame))
 
     def _make_preprocessor(self) -> None:
         assert self._dark is not None and self.settings is not None

@@ -166,6 +166,10 @@ class Pipeline:
                     built[source].subscribe(stage)
             stage.subscribe(self._publish)
             built[key] = stage
+        for stage in built.values():  # loops back: after the graph is built
+            for producer in built.values():
+                if producer is not stage and set(producer.outputs) & set(stage.feedback_inputs):
+                    producer.subscribe(stage)
         export = None
         if self.output_dir is not None and self.spec.cxi:
             export = CxiExport(

@@ -69,6 +69,7 @@ class StreamingReconstructionStage(Stage):
     inputs = ("frame_cleaning/cleaned",)
     optional_inputs = ("stxm/probe_estimate",)
     outputs = ("reconstruction/iteration", "reconstruction/snapshot")
+    feedback_inputs = ("quality/verdict",)
     live_params = ("final_iterations", "snapshot_interval", "max_live_iterations")
     params = (
         Param("algorithm", "str", "rpie", "the solver", choices=("rpie", "epie", "dm", "raar", "lsqml")),
@@ -199,11 +200,15 @@ class StreamingReconstructionStage(Stage):
         if "probe" in doc["data"] and "n_frames" in doc["data"]:
             self._probe_estimate(doc["data"])
             return
+        if "bad" in doc["data"] and "reason" in doc["data"]:
+            self._verdicts(doc["data"])
+            return
         if self.grid is None or "frame" not in doc["data"]:
             return
         d = doc["data"]
         valid = np.asarray(d["valid"], bool)
         points = np.asarray(d["point"], np.int64)
+        self._new_points(points, np.asarray(d["x"], float), np.asarray(d["y"], float))
         in_range = (points >= 0) & (points < self.n_points)
         for p in points[~in_range]:
             self.flags[int(p)] = "point index outside the scan"
@@ -223,6 +228,8 @@ class StreamingReconstructionStage(Stage):
         if len(flagged) and self.stream is not None:
             self.stream.flag(flagged)  # a re-measured point that came out bad
         frames, pts = frames[finite], points[ok][finite]
+        for p in pts:  # measured again and good now
+            self.flags.pop(int(p), None)
         if not len(pts):
             return
         xy = np.stack(
@@ -236,6 +243,35 @@ class StreamingReconstructionStage(Stage):
         self._pending.append(item)
         if self._probe_ready:
             self._begin(float(frames.sum(axis=(1, 2)).mean()))
+
+    def _verdicts(self, d: dict) -> None:
+        """The quality monitor judged frames bad (low flux, a data-error outlier): weight 0
+        until the point is measured again."""
+        bad = [(int(p), str(r)) for p, b, r in zip(d["point"], d["bad"], d["reason"], strict=True)
+               if b and 0 <= int(p) < self.n_points]
+        for p, why in bad:
+            self.flags[p] = why
+        if bad and self.stream is not None:
+            self.stream.flag(np.array([p for p, _ in bad]))
+
+    def _new_points(self, points: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> None:
+        """Points past the planned ones (an adaptive rescan adds them, numbered on from the
+        scan's last point) join the reconstruction; a gap in the numbering does not."""
+        assert self.grid is not None
+        for p, x, y in sorted(zip(points.tolist(), xs, ys, strict=True)):
+            if p != self.n_points or not np.isfinite([x, y]).all():
+                continue
+            corner = self.grid.to_pixels(np.array([[x, y]]))
+            h = self._probe.shape[-1]
+            inside = (corner >= 0).all() and (corner[0] + h < np.asarray(self.grid.shape)).all()
+            if not inside:
+                self.log.warning("added point %d at (%.3g, %.3g) m lies outside the object "
+                                 "array: not used", p, x, y)
+                continue
+            self.n_points += 1
+            self._positions_px = np.concatenate([self._positions_px, corner])
+            if self.stream is not None:
+                self.stream.add_points(corner)
 
     def _probe_estimate(self, data: dict) -> None:
         """The stxm stage's probe estimate: the starting probe when asked for, before iterating."""
@@ -292,6 +328,7 @@ class StreamingReconstructionStage(Stage):
                 "n_measured": int(snap.n_measured),
                 "data_error": float(snap.data_error),
                 "final": bool(snap.final),
+                "frame_errors": snap.frame_errors.astype(np.float32),
             },
         )
         if snap.final:

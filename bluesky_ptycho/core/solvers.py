@@ -509,6 +509,26 @@ class Solver:
     def _iteration(self, measured: np.ndarray) -> float:
         raise NotImplementedError
 
+    def frame_errors(self, batch: int = 64) -> np.ndarray:
+        """Each frame's data error against the current model: ``Σ (|Ψ| − √I)² / Σ I``.
+
+        A forward pass over the measured frames (no update). Returns ``(N,)``
+        float64 on the host, NaN for frames not measured; the quality monitor
+        looks for frames whose error stands far above their neighbours'.
+        """
+        xp = self.xp
+        out = np.full(len(self.weights), np.nan)
+        measured = self.measured
+        for idx in _blocks(measured, batch):
+            _corners, _ramps, probes, patches = self._views(idx)
+            far = fft2(probes * patches[:, None])
+            amp = xp.sqrt(xp.sum(far.real**2 + far.imag**2, axis=1))
+            meas = self.amplitudes.get(idx)
+            num = xp.sum(xp.where(self.mask, (amp - meas) ** 2, 0), axis=(1, 2))
+            den = xp.sum(xp.where(self.mask, meas**2, 0), axis=(1, 2))
+            out[idx] = to_numpy(num / xp.maximum(den, 1e-30))
+        return out
+
     # -- shared pieces ----------------------------------------------------------------
     def _views(self, idx: np.ndarray) -> tuple[np.ndarray, Array, Array, Array]:
         """Corners (host), shift ramps (B, H, W), shifted probes (B, M, H, W), patches (B, H, W)."""

@@ -60,6 +60,8 @@ class Snapshot:
         Rows and columns the object array grew by at its top and left.
     positions : (N, 2) float64
         View corners (refined, when position refinement is on).
+    frame_errors : (N,) float64
+        Each frame's data error against this model (NaN: not measured).
     """
 
     object: np.ndarray
@@ -73,6 +75,7 @@ class Snapshot:
     final: bool
     origin_shift: tuple[int, int] = (0, 0)
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    frame_errors: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class StreamingReconstruction:
@@ -248,6 +251,7 @@ class StreamingReconstruction:
             final=final,
             origin_shift=s.origin_shift,
             positions=s.positions.copy(),
+            frame_errors=s.frame_errors() if s.n_measured else np.full(len(s.weights), np.nan),
         )
 
     def _publish(self, final: bool) -> Snapshot:

@@ -32,6 +32,11 @@ from .stage import SampleStage, Shutter
 DEFAULT_DEFECTS = FCCDDefects()
 
 
+#: what :attr:`SimFCCD.faults` can plant: no beam (a beam dump), lost packets over the
+#: pattern, a saturated spot, a frame taken away from where the stage said
+FAULTS = ("no_beam", "corrupt", "saturate", "misplaced")
+
+
 class SimFCCD(Device):
     """Simulated LBNL fast CCD producing raw ``(1152, 1940)`` uint16 frames.
 
@@ -92,6 +97,9 @@ class SimFCCD(Device):
         super().__init__(*args, **kwargs)
         self.defects = defects
         self.beam_center = (int(beam_center[0]), int(beam_center[1]))
+        #: faults to plant, by scan point (the stage's ``point``): the first frame taken there
+        #: gets it, a frame taken there again is clean. Kinds: :data:`FAULTS`.
+        self.faults: dict[int, str] = {}
         self.stage_device = stage
         self.shutter = shutter
         self.write_path = Path(write_path)
@@ -191,13 +199,15 @@ class SimFCCD(Device):
         status = DeviceStatus(self)
         position = (float(self.stage_device.x.position), float(self.stage_device.y.position))
         shutter_open = self.shutter.is_open
+        point = getattr(self.stage_device, "point", None)
+        fault = self.faults.pop(int(point.get()), None) if shutter_open and point is not None else None
         t_exp = float(self.acquire_time.get())
         flux = float(self.sim_flux.get())
 
         def acquire() -> None:
             t0 = time.monotonic()
             try:
-                frame = self.simulate_frame(position, shutter_open, flux * t_exp)
+                frame = self.simulate_frame(position, shutter_open, flux * t_exp, fault)
                 with self._lock:
                     assert self._writer is not None
                     i = self._writer.append(frame)
@@ -221,15 +231,32 @@ class SimFCCD(Device):
         return status
 
     def simulate_frame(
-        self, position: tuple[float, float], shutter_open: bool, photons: float
+        self, position: tuple[float, float], shutter_open: bool, photons: float,
+        fault: str | None = None,
     ) -> np.ndarray:
-        """One raw frame at a stage position (x, y) in m; a dark frame when the shutter is closed."""
+        """One raw frame at a stage position (x, y) in m; a dark frame when the shutter is closed.
+
+        *fault* plants one of :data:`FAULTS` in it (see :attr:`faults`).
+        """
         if self._noise is None:
             self._noise = self._noise_model()
         if not shutter_open:
             return self._noise.raw_frame(self._rng)
+        if fault == "no_beam":
+            photons = 0.0
+        elif fault == "misplaced":  # the stage was not where it said
+            position = (position[0] + 400e-9, position[1] - 300e-9)
         pattern = self.sample.intensity(position, photons)
-        return self._noise.raw_frame(self._rng, pattern, self.beam_center)
+        frame = self._noise.raw_frame(self._rng, pattern, self.beam_center)
+        if fault in ("corrupt", "saturate"):  # lost packets / a saturated spot on the pattern
+            spot = np.zeros(fccd_geom.raw_to_image(frame).shape, bool)
+            r, c = self.beam_center
+            h = 40 if fault == "corrupt" else 6
+            spot[r - h : r + h, c - h : c + h] = True
+            frame[fccd_geom.image_to_raw(spot, fill=False)] = (
+                0 if fault == "corrupt" else np.iinfo(np.uint16).max
+            )
+        return frame
 
     # -- documents -------------------------------------------------------------
     def describe(self) -> dict[str, dict]:

@@ -17,6 +17,9 @@ class SampleStage(Device):
 
     x = Cpt(SoftPositioner, egu="m", limits=STAGE_LIMITS_M, init_pos=0.0, kind="hinted")
     y = Cpt(SoftPositioner, egu="m", limits=STAGE_LIMITS_M, init_pos=0.0, kind="hinted")
+    #: the scan point being measured (set by the plan, read with every frame), so a point
+    #: measured again — after a suspension, or by a rescan — replaces its earlier frame
+    point = Cpt(Signal, value=-1, kind="normal")
 
 
 class Shutter(Device):

@@ -36,6 +36,7 @@ import zmq
 
 from . import DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT, DEFAULT_HOST, address
 from .security import ServerKeys, is_local
+from .snapshots import DEFAULT_SNAPSHOT_PORT, SnapshotPublisher
 from .wire import MAX_MESSAGE_BYTES, BadMessage, decode
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class Server:
         Interface to bind; ``127.0.0.1`` by default. Any other needs *keys*.
     port, control_port : int
         Documents in (PULL) and commands (REP).
+    snapshot_port : int or None
+        What the stages emit goes out here (PUB) for viewers
+        (:mod:`.snapshots`); None: not published.
     keys : path-like, optional
         Folder made by ``bluesky-ptycho keys``: CURVE encryption, and only
         clients with an authorized key are admitted.
@@ -74,6 +78,7 @@ class Server:
         catalog: Any = None,
         max_backlog: int = 64,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        snapshot_port: int | None = DEFAULT_SNAPSHOT_PORT,
     ) -> None:
         if not is_local(host) and keys is None:
             raise ValueError(
@@ -114,6 +119,11 @@ class Server:
         self.control_address = address(host, control_port)
         if catalog is not None:
             pipeline.subscribe(catalog.writer)
+        self.snapshots = None
+        if snapshot_port is not None:
+            self.snapshots = SnapshotPublisher(self._context, address(host, snapshot_port),
+                                               server_keys)
+            pipeline.subscribe(self.snapshots)
 
     # -- running -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -152,6 +162,8 @@ class Server:
 
     def close(self) -> None:
         """Close the sockets (call after :meth:`serve` has returned)."""
+        if self.snapshots is not None:
+            self.snapshots.close()
         self.data.close(0)
         self.control.close(0)
         if self._auth is not None:
