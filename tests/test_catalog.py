@@ -98,7 +98,8 @@ def test_run_is_stored_on_disk_and_read_back_with_frames_and_results(stored):
                                    [d["data"]["stage_x"] for n, d in docs if n == "event"
                                     and "stage_x" in d["data"]])
         derived = cat.derived(uid)
-        assert sorted(derived) == ["dark_statistics", "frame_cleaning", "reconstruction", "stxm"]
+        assert sorted(derived) == ["dark_statistics", "frame_cleaning", "quality", "reconstruction",
+                                   "stxm"]
         cleaned = derived["frame_cleaning"]["cleaned"]
         np.testing.assert_array_equal(cleaned["frame"].read(), _live_cleaned(docs, uid))
         snap = derived["reconstruction"]["snapshot"]

@@ -36,7 +36,8 @@ params = { final_iterations = 5 }
 
 def test_default_and_a_custom_file_are_valid(tmp_path):
     spec = load_pipeline()
-    assert list(spec.stages) == ["dark_statistics", "frame_cleaning", "stxm", "reconstruction"]
+    assert list(spec.stages) == ["dark_statistics", "frame_cleaning", "stxm", "reconstruction",
+                                  "quality"]
     spec = load_pipeline(_file(tmp_path, GOOD))
     assert spec.stages["reconstruction"].params == {"final_iterations": 5}
     assert main(["check", str(DEFAULT)]) == 0

@@ -34,6 +34,6 @@ def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_pat
     assert out.returncode == 0, out.stdout + out.stderr
     assert "bluesky_ptycho: catalog at" in out.stdout
     assert "FRAMES 9" in out.stdout
-    assert "DERIVED ['dark_statistics', 'frame_cleaning', 'reconstruction', 'stxm']" in out.stdout
-    assert "DB 1 1" in out.stdout and "SUSPENDERS 1" in out.stdout
+    assert "DERIVED ['dark_statistics', 'frame_cleaning', 'quality', 'reconstruction', 'stxm']" in out.stdout
+    assert "DB 1 1" in out.stdout and "SUSPENDERS 2" in out.stdout
     assert "Error" not in out.stderr, out.stderr

@@ -47,6 +47,9 @@ inputs = ["frame_cleaning"]
 [stages.reconstruction]
 inputs = ["frame_cleaning", "stxm"]
 params = { final_iterations = 5, min_frames = 8 }
+
+[stages.quality]
+inputs = ["frame_cleaning", "reconstruction"]
 """
 
 
@@ -59,12 +62,14 @@ class Backend:
         pipeline = folder / "pipeline.toml"
         pipeline.write_text(PIPELINE)
         self.port, self.control_port = ports or (free_port(), free_port())
+        self.results = address("127.0.0.1", free_port())
         self.address = address("127.0.0.1", self.port)
         self.control = address("127.0.0.1", self.control_port)
         env = {**os.environ, "BLUESKY_PTYCHO_DATA": str(folder / "data"),
                "BLUESKY_PTYCHO_LOGS": str(folder / "logs")}
         cmd = [str(Path(sys.executable).with_name("bluesky-ptycho")), "serve", str(pipeline),
                "--port", str(self.port), "--control-port", str(self.control_port),
+               "--snapshot-port", self.results.rpartition(":")[2],
                "--workers", str(workers), "--max-in-flight", "8", *extra]
         self.log = (folder / "serve.log").open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -131,12 +136,26 @@ def backend(tmp_path_factory):
 def test_a_scan_published_over_zeromq_is_cleaned_on_two_dask_workers_and_reconstructed(
     backend, tmp_path, frames
 ):
+    from bluesky_ptycho.plugins.napari._model import LiveModel
+    from bluesky_ptycho.transport.snapshots import SnapshotSubscriber
+
+    viewer = LiveModel()  # what the napari widget shows, fed by the back-end's PUB socket
+    results = SnapshotSubscriber(backend.results)
+    results.subscribe(viewer)
+    time.sleep(0.5)  # a SUB socket gets what is published after it has connected
     pub = Publisher(backend.address, frames=frames)
     RE, fccd, stage, shutter = beamline(tmp_path / "raw", pub)
     (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=25, step=100e-9, num_darks=5))
     assert pub.flush(30)
     run = backend.wait_finished(uid)
     pub.close()
+    deadline = time.monotonic() + 10
+    while not viewer.take().final and time.monotonic() < deadline:
+        time.sleep(0.1)
+    results.close()
+    shown = viewer.take()
+    assert shown.final and shown.run == uid and shown.object is not None
+    assert len(shown.stxm) == 25 and shown.frame is not None and len(shown.errors) > 0
     status = backend.status()
     assert status["workers"]["n"] == 2
     stages = run["stages"]
@@ -257,7 +276,8 @@ def local_server(tmp_path):
 
     def make(**kwargs) -> Server:
         pipe = Pipeline(output_dir=None)
-        server = Server(pipe, port=free_port(), control_port=free_port(), **kwargs)
+        server = Server(pipe, port=free_port(), control_port=free_port(),
+                        snapshot_port=free_port(), **kwargs)
         thread = threading.Thread(target=server.serve, daemon=True)
         thread.start()
         servers.append((server, thread, pipe))

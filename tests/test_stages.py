@@ -75,7 +75,8 @@ def test_bad_frames_are_flagged_and_the_run_goes_on(tmp_path):
         pipe(name, doc)
     run = pipe.wait(uid, timeout=120)
     assert run.errors == {
-        "dark_statistics": [], "frame_cleaning": [], "stxm": [], "reconstruction": []
+        "dark_statistics": [], "frame_cleaning": [], "stxm": [], "reconstruction": [],
+        "quality": []
     }
     r = run["reconstruction"].result
     assert set(r.flags) == {5, 11}

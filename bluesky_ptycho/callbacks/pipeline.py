@@ -31,6 +31,8 @@ from ..pipelines import RAW, PipelineSpec, load_pipeline
 from .base import Callback, Stage
 from .export import CxiExport
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RunStages:
@@ -139,11 +141,19 @@ class Pipeline:
         """Send every document every stage emits to *callback(name, doc)*."""
         self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callback) -> None:
+        """Stop sending documents to *callback* (a viewer that closes)."""
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
+
     def _publish(self, name: str, doc: dict) -> None:
         if name == "start":
             doc = {**doc, **self.metadata}
         for cb in list(self._subscribers):
-            cb(name, doc)
+            try:  # one failing subscriber (a crashed viewer) must not starve the others
+                cb(name, doc)
+            except Exception:
+                log.exception("pipeline subscriber %r failed on a %s document", cb, name)
 
     def _factory(self, name: str, start: dict) -> tuple[list, list]:
         if "ptycho" not in start or "stage" in start:

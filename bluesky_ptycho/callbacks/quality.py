@@ -93,8 +93,10 @@ class QualityMonitor(Stage):
         self.drift_threshold_m = float(drift_threshold_m)
         self._good_photons: deque[float] = deque(maxlen=int(reference_frames))
         self._recent: deque[tuple[float, float, float]] = deque(maxlen=int(drift_frames))
+        self._first: list[tuple[float, float, float]] = []  # the scan's first good frames
         self.verdicts: dict[int, dict[str, Any]] = {}
         self.beam_ok = True
+        self._good_count = 0
         self._low_run = 0
         self.drift_m = (0.0, 0.0)
         self._grid: ObjectGrid | None = None
@@ -141,7 +143,10 @@ class QualityMonitor(Stage):
             else:
                 reason = ""
                 self._good_photons.append(float(photons[k]))
+                self._good_count += 1
                 self._recent.append((float(xs[k]), float(ys[k]), float(photons[k])))
+                if len(self._first) < (self._recent.maxlen or 0):
+                    self._first.append(self._recent[-1])
             self._verdict(int(p), float(xs[k]), float(ys[k]), reason, float(photons[k]))
             self._beam(low)
 
@@ -186,12 +191,18 @@ class QualityMonitor(Stage):
         self._drift(np.asarray(d["object"][-1]), np.asarray(d["probe"][-1]))
 
     def _drift(self, obj: np.ndarray, probe: np.ndarray) -> None:
+        """Shift of the recent frames against the model, less that of the scan's first frames
+        (a shift common to all — a probe off the grid's centre — is not drift)."""
         assert self._out is not None and self._grid is not None
-        if len(self._recent) < 8 or obj.shape != tuple(self._grid.shape):
+        k = self._recent.maxlen or 0
+        if len(self._first) < k or self._good_count < 2 * k or obj.shape != tuple(self._grid.shape):
             return
-        recent = np.asarray(self._recent)
-        corners = self._grid.to_pixels(recent[:, :2])
-        dy, dx = drift_estimate(recent[:, 2], corners, transmission_map(obj, probe))
+        tmap = transmission_map(obj, probe)
+        shifts = []
+        for frames in (self._first, self._recent):
+            f = np.asarray(frames)
+            shifts.append(drift_estimate(f[:, 2], self._grid.to_pixels(f[:, :2]), tmap))
+        dy, dx = np.subtract(shifts[1], shifts[0])
         px = self._grid.pixel_size_m
         self.drift_m = (dy * px, dx * px)
         drifting = bool(np.hypot(*self.drift_m) > self.drift_threshold_m)

@@ -165,6 +165,38 @@ def test_object(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the sample
+def object_from_image(
+    image: np.ndarray, shape: tuple[int, int], max_phase: float = 1.0, min_amplitude: float = 0.6
+) -> np.ndarray:
+    """A sample from a picture (an SEM image, say): bright is thick.
+
+    The image (any 2-D or RGB(A) array) is brought to [0, 1] between its 1st
+    and 99th percentiles, resized to *shape*, and made a transmission with
+    phase ``−max_phase · t`` and amplitude from 1 down to *min_amplitude*.
+
+    Returns
+    -------
+    (Y, X) complex64
+    """
+    from scipy.ndimage import zoom
+
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        img = img[..., :3].mean(axis=-1)
+    if img.ndim != 2 or min(img.shape) < 2:
+        raise ValueError(f"object_from_image: an image of shape {img.shape} is not a 2-D picture")
+    if not (max_phase >= 0 and 0 < min_amplitude <= 1):
+        raise ValueError(f"object_from_image: max_phase={max_phase} (>= 0 rad), "
+                         f"min_amplitude={min_amplitude} (in (0, 1])")
+    lo, hi = np.nanpercentile(img, [1, 99])
+    t = np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    t = np.clip(zoom(np.nan_to_num(t), (shape[0] / t.shape[0], shape[1] / t.shape[1]), order=1),
+                0, 1)[: shape[0], : shape[1]]
+    t = np.pad(t, ((0, shape[0] - t.shape[0]), (0, shape[1] - t.shape[1])), mode="edge")
+    amp = 1 - (1 - min_amplitude) * t
+    return (amp * np.exp(-1j * max_phase * t)).astype(np.complex64)
+
+
 @dataclass
 class SimulatedSample:
     """A known object under a known probe: the truth a simulated detector images.
@@ -569,6 +601,7 @@ def simulate_scan(
     position_error_px: float = 0.0,
     jitter: float = 0.1,
     seed: int = 0,
+    image: np.ndarray | None = None,
 ) -> SimulatedScan:
     """A raster scan of the test object, Poisson noise, optional probe modes and position errors.
 
@@ -591,6 +624,9 @@ def simulate_scan(
     position_error_px : float
         RMS error (px) of the reported positions against the true ones.
     seed : int
+    image : (y, x) array, optional
+        A picture the sample is made from (:func:`object_from_image`)
+        instead of the test object.
     """
     from .solvers import orthogonalize_modes
 
@@ -599,7 +635,7 @@ def simulate_scan(
     base = raster_positions(n_side, n_side, step_m)
     positions = base + rng.uniform(-jitter, jitter, base.shape) * step_m
     grid = object_grid(positions, g.object_pixel_size_m, frame_px, margin_px=16)
-    obj = test_object(grid.shape, rng)
+    obj = test_object(grid.shape, rng) if image is None else object_from_image(image, grid.shape)
     p0 = fzp_probe(g, ZonePlate())
     probes = [p0]
     for k in range(1, modes):

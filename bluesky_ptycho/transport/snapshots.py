@@ -133,6 +133,10 @@ class SnapshotSubscriber:
         """Call *callback(name, doc)* for every document received from now on."""
         self._subscribers.append(callback)
 
+    def unsubscribe(self, callback: Callable[[str, dict], Any]) -> None:
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
+
     def _receive(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
