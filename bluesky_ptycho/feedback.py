@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from event_model import unpack_event_page
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
@@ -80,11 +81,10 @@ class QualityFeedback:
 
     # -- documents ------------------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:
-        if name == "event" and "ok" in doc["data"] and "consecutive_bad" in doc["data"]:
-            self._beam_event(doc["data"])
-        elif name == "event_page" and "ok" in doc["data"] and "consecutive_bad" in doc["data"]:
-            for i in range(len(doc["seq_num"])):
-                self._beam_event({k: v[i] for k, v in doc["data"].items()})
+        events = [doc] if name == "event" else unpack_event_page(doc) if name == "event_page" else []
+        for ev in events:
+            if "ok" in ev["data"] and "consecutive_bad" in ev["data"]:
+                self._beam_event(ev["data"])
 
     def _beam_event(self, d: dict) -> None:
         if d["ok"]:

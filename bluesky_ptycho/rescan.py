@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
+from event_model import unpack_event_page
 
 ID_KEY = "_id"
 
@@ -95,9 +96,8 @@ class RescanPlanner:
             elif name == "event":
                 self._event(doc)
             elif name == "event_page":
-                for i in range(len(doc["seq_num"])):
-                    self._event({"descriptor": doc["descriptor"],
-                                 "data": {k: v[i] for k, v in doc["data"].items()}})
+                for ev in unpack_event_page(doc):
+                    self._event(ev)
 
     def _start(self, doc: dict) -> None:
         if doc.get("stage") == "quality":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from event_model import unpack_event_page
 
 
 @dataclass
@@ -107,8 +108,8 @@ class LiveModel:
         elif name == "event":
             self._event(doc["data"])
         elif name == "event_page":
-            for i in range(len(doc["seq_num"])):
-                self._event({k: v[i] for k, v in doc["data"].items()})
+            for ev in unpack_event_page(doc):
+                self._event(ev["data"])
         elif name == "stop" and doc.get("exit_status") not in (None, "success"):
             self.log(f"a stage's run ended: {doc.get('exit_status')} {doc.get('reason', '')}")
 
