@@ -16,12 +16,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bluesky-ptycho demo --output out/demo
 
-# napari's tests need a display with OpenGL: a virtual one (Xvfb + Mesa) where xvfb-run is
-# installed (.ci/run installs it; ../shared/HEADLESS.md); without it they skip and say so.
+# napari's tests need a display with OpenGL: a virtual one (Xvfb + Mesa's software GL) where
+# xvfb-run is installed (.ci/run installs it; README: set-up); without it they skip and say so.
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo 'env QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1280x1024x24"')
 
-test: $(STAMP)
-	$(BIN)/ruff check bluesky_ptycho tests benchmarks
+# Lint, format, layers, then the suite.
+CHECKED := bluesky_ptycho tests benchmarks profiles
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(CHECKED)
+	$(BIN)/ruff format --check $(CHECKED)
+	$(BIN)/lint-imports
+
+test: lint
 	$(XVFB) $(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -57,8 +57,8 @@ def record_scan(folder: Path) -> list[tuple[str, dict]]:
     """A real 16-point scan with 8 darks: its documents (frames in HDF5 under *folder*)."""
     from bluesky import RunEngine
 
+    from bluesky_ptycho.acquisition.plans import ptycho_scan
     from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
-    from bluesky_ptycho.plans import ptycho_scan
 
     RE = RunEngine({})
     docs: list = []
@@ -79,9 +79,12 @@ def long_run(docs: list[tuple[str, dict]], n: int):
     descs = {d["uid"]: d for name, d in docs if name == "descriptor"}
     new_desc = {}
     for uid, d in descs.items():
-        b = bundle.compose_descriptor(name=d["name"], data_keys=d["data_keys"],
-                                      object_keys=d.get("object_keys", {}),
-                                      configuration=d.get("configuration", {}))
+        b = bundle.compose_descriptor(
+            name=d["name"],
+            data_keys=d["data_keys"],
+            object_keys=d.get("object_keys", {}),
+            configuration=d.get("configuration", {}),
+        )
         new_desc[uid] = b
         yield "descriptor", b.descriptor_doc
     resources = {}
@@ -102,14 +105,22 @@ def long_run(docs: list[tuple[str, dict]], n: int):
         for i in range(count):
             src = stream_events[i % len(stream_events)]
             datum = by_seq[(desc, src["seq_num"])]
-            yield "stream_datum", {
-                **datum, "uid": str(uuid.uuid4()),
-                "stream_resource": resources[datum["stream_resource"]]["uid"],
-                "descriptor": new_desc[desc].descriptor_doc["uid"],
-                "seq_nums": {"start": i + 1, "stop": i + 2},
-            }
-            yield "event", new_desc[desc].compose_event(
-                data=src["data"], timestamps=src["timestamps"], seq_num=i + 1)
+            yield (
+                "stream_datum",
+                {
+                    **datum,
+                    "uid": str(uuid.uuid4()),
+                    "stream_resource": resources[datum["stream_resource"]]["uid"],
+                    "descriptor": new_desc[desc].descriptor_doc["uid"],
+                    "seq_nums": {"start": i + 1, "stop": i + 2},
+                },
+            )
+            yield (
+                "event",
+                new_desc[desc].compose_event(
+                    data=src["data"], timestamps=src["timestamps"], seq_num=i + 1
+                ),
+            )
     yield "stop", bundle.compose_stop()
 
 
@@ -132,13 +143,29 @@ def one_case(docs, n: int, workers: int, frames: str, folder: Path) -> dict:
     port, control_port = _free(), _free()
     pipeline = folder / "bench.toml"
     pipeline.write_text(PIPELINE)
-    env = {**os.environ, "BLUESKY_PTYCHO_DATA": str(folder / "data"),
-           "BLUESKY_PTYCHO_LOGS": str(folder / "logs")}
+    env = {
+        **os.environ,
+        "BLUESKY_PTYCHO_DATA": str(folder / "data"),
+        "BLUESKY_PTYCHO_LOGS": str(folder / "logs"),
+    }
     log = (folder / f"serve-{workers}-{frames}.log").open("w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("bluesky-ptycho")), "serve", str(pipeline),
-         "--port", str(port), "--control-port", str(control_port), "--workers", str(workers),
-         "--no-catalog"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            str(Path(sys.executable).with_name("bluesky-ptycho")),
+            "serve",
+            str(pipeline),
+            "--port",
+            str(port),
+            "--control-port",
+            str(control_port),
+            "--workers",
+            str(workers),
+            "--no-catalog",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     control = address("127.0.0.1", control_port)
     try:
         deadline = time.monotonic() + 120
@@ -169,12 +196,19 @@ def one_case(docs, n: int, workers: int, frames: str, folder: Path) -> dict:
         out = r["stages"]["frame_cleaning"]["frames_out"]
         cpu = _cpu_seconds(proc.pid)
         pub.close()
-        return {"workers": workers, "frames": frames, "n": n, "seconds": round(seconds, 2),
-                "frames_per_s": round(n / seconds, 1), "frames_out": out,
-                "lost": n - out, "peak_rss_mb": round(peak / 2**20),
-                "backlog_limit": st["server"]["max_backlog"],
-                "paused_polls": st["server"].get("paused_polls", 0),
-                "cpu_ms_per_frame": {k: round(1000 * v / n, 2) for k, v in cpu.items()}}
+        return {
+            "workers": workers,
+            "frames": frames,
+            "n": n,
+            "seconds": round(seconds, 2),
+            "frames_per_s": round(n / seconds, 1),
+            "frames_out": out,
+            "lost": n - out,
+            "peak_rss_mb": round(peak / 2**20),
+            "backlog_limit": st["server"]["max_backlog"],
+            "paused_polls": st["server"].get("paused_polls", 0),
+            "cpu_ms_per_frame": {k: round(1000 * v / n, 2) for k, v in cpu.items()},
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -229,16 +263,21 @@ def main() -> None:
             if r["frames"] == frames and base is not None:
                 r["speedup"] = round(base["seconds"] / r["seconds"], 2)
                 r["efficiency"] = round(base["seconds"] / (r["workers"] * r["seconds"]), 2)
-    print(f"\n{'transport':<10}{'workers':>8}{'frames':>8}{'frames/s':>10}{'speed-up':>10}"
-          f"{'effic.':>8}{'lost':>6}{'peak RSS MB':>13}  CPU ms/frame (serve, workers)")
+    print(
+        f"\n{'transport':<10}{'workers':>8}{'frames':>8}{'frames/s':>10}{'speed-up':>10}"
+        f"{'effic.':>8}{'lost':>6}{'peak RSS MB':>13}  CPU ms/frame (serve, workers)"
+    )
     for r in rows:
-        print(f"{r['frames']:<10}{r['workers']:>8}{r['n']:>8}{r['frames_per_s']:>10}"
-              f"{r.get('speedup', ''):>10}{r.get('efficiency', ''):>8}{r['lost']:>6}"
-              f"{r['peak_rss_mb']:>13}  {r['cpu_ms_per_frame']['serve']}, "
-              f"{r['cpu_ms_per_frame']['workers']}")
+        print(
+            f"{r['frames']:<10}{r['workers']:>8}{r['n']:>8}{r['frames_per_s']:>10}"
+            f"{r.get('speedup', ''):>10}{r.get('efficiency', ''):>8}{r['lost']:>6}"
+            f"{r['peak_rss_mb']:>13}  {r['cpu_ms_per_frame']['serve']}, "
+            f"{r['cpu_ms_per_frame']['workers']}"
+        )
     out = Path(__file__).with_name(f"remote-{platform.node() or 'host'}.json")
-    out.write_text(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(),
-                               "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "rows": rows}, indent=1)
+    )
     print(f"written: {out}")
 
 

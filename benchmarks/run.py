@@ -78,7 +78,7 @@ def bench_cleaning_on_device(xp, raws, dark, settings, batch, repeats=10):
 
 def _one_core():
     """Pin this process to one core and one FFT worker; returns how to undo it."""
-    from bluesky_ptycho.core import _array
+    from bluesky_ptycho.core import arrays as _array
 
     cpus, workers = os.sched_getaffinity(0), _array._WORKERS
     os.sched_setaffinity(0, {min(cpus)})
@@ -103,7 +103,9 @@ def main() -> int:
     sample = sim.SimulatedSample(g, ZonePlate(), scan_extent_m=2e-6)
     pattern = sample.intensity((0.0, 0.0), 1e6)
     raws = np.stack([noise.raw_frame(rng, pattern, (972, 466)) for _ in range(32)])
-    machine = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    machine = (
+        f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     rows = []
     for name, xp in _backends():
         for frame_px in (256, 128):
@@ -117,8 +119,9 @@ def main() -> int:
                     row["clean_fps_1core"] = bench_cleaning(xp, raws, dark, settings, batch=16)
                 finally:
                     undo()
-                row["clean_fps_2threads"] = bench_cleaning(xp, raws, dark, settings, batch=16,
-                                                           threads=2)
+                row["clean_fps_2threads"] = bench_cleaning(
+                    xp, raws, dark, settings, batch=16, threads=2
+                )
             else:
                 row["clean_fps_host_input"] = bench_cleaning(xp, raws, dark, settings, batch=32)
                 row["clean_fps_device_input"] = bench_cleaning_on_device(
@@ -128,8 +131,12 @@ def main() -> int:
     print(f"machine: {machine}; python {sys.version.split()[0]}; numpy {np.__version__}")
     print("cleaning: full raw FCCD frames (1152 × 1940 uint16, all nine steps, crop 512) → out_px²")
     for r in rows:
-        print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in r.items()))
+        print(
+            "  "
+            + ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+            )
+        )
     out = Path(__file__).with_name(f"results-{platform.node() or 'host'}.json")
     out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     return 0

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bluesky_ptycho.callbacks.streaming import StreamingReconstruction
 from bluesky_ptycho.core import metrics, ptycho, sim, solvers
 from bluesky_ptycho.core.geometry import ZonePlate
-from bluesky_ptycho.core.stream import StreamingReconstruction
 from bluesky_ptycho.io.cxi import CxiData, write_cxi
 
 HERE = Path(__file__).parent
@@ -56,21 +56,47 @@ def vs_ptychi(threads: int = 2) -> dict:
         cxi = Path(tmp) / "scan.cxi"
         g = scan.geometry
         ps = g.frame_pixel_size_m
-        write_cxi(cxi, CxiData(scan.intensities, np.c_[scan.positions_m, np.zeros(len(scan.positions_m))],
-                               g.energy_ev, g.distance_m, (ps, ps), illumination=probe))
-        np.savez(Path(tmp) / "start.npz", probe=probe, corners=scan.positions_px,
-                 object_shape=np.array(scan.grid.shape))
+        write_cxi(
+            cxi,
+            CxiData(
+                scan.intensities,
+                np.c_[scan.positions_m, np.zeros(len(scan.positions_m))],
+                g.energy_ev,
+                g.distance_m,
+                (ps, ps),
+                illumination=probe,
+            ),
+        )
+        np.savez(
+            Path(tmp) / "start.npz",
+            probe=probe,
+            corners=scan.positions_px,
+            object_shape=np.array(scan.grid.shape),
+        )
         ref = solvers.RPIE(scan.positions_px, scan.grid.shape, probe)
         ref.add_frames(np.arange(len(scan.intensities)), scan.intensities)
         region = metrics.illuminated_region(ref.illumination(), 0.3)
         if Path(py).exists():
-            subprocess.run([py, str(HERE / "ptychi_lsqml.py"), str(cxi), f"{tmp}/start.npz",
-                            f"{tmp}/ptychi.npz", "50", str(threads)], check=True,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    py,
+                    str(HERE / "ptychi_lsqml.py"),
+                    str(cxi),
+                    f"{tmp}/start.npz",
+                    f"{tmp}/ptychi.npz",
+                    "50",
+                    str(threads),
+                ],
+                check=True,
+                stderr=subprocess.DEVNULL,
+            )
             res = np.load(f"{tmp}/ptychi.npz")
             target = metrics.object_error(res["object"], scan.object, region)
-            out["ptychi"] = {"epochs": 50, "seconds": float(res["seconds"]),
-                             "object_error": float(target)}
+            out["ptychi"] = {
+                "epochs": 50,
+                "seconds": float(res["seconds"]),
+                "object_error": float(target),
+            }
         else:
             print(f"pty-chi not found at {py}: run benchmarks/ptychi_env.sh; comparing to 0.07")
             target = 0.07
@@ -84,8 +110,12 @@ def vs_ptychi(threads: int = 2) -> dict:
                 s.iterate(1)
                 spent += time.perf_counter() - t0
                 err = _error(s, scan, region)
-            rows[alg] = {"iterations": s.iteration, "seconds": spent, "object_error": err,
-                         "reached": bool(err <= target)}
+            rows[alg] = {
+                "iterations": s.iteration,
+                "seconds": spent,
+                "object_error": err,
+                "reached": bool(err <= target),
+            }
             if "ptychi" in out:
                 rows[alg]["fraction_of_ptychi_time"] = spent / out["ptychi"]["seconds"]
         out["ours"] = rows
@@ -95,12 +125,16 @@ def vs_ptychi(threads: int = 2) -> dict:
 def paper_scale(rate_hz: float = 10.0, final_iterations: int = 10) -> dict:
     scan = sim.simulate_scan(n_side=40, frame_px=128, photons=1e6, step_m=100e-9)
     n = len(scan.intensities)
-    solver = solvers.RPIE(scan.positions_px, scan.grid.shape, _start_probe(scan),
-                          solvers.RpieOptions(batch_size=32))
+    solver = solvers.RPIE(
+        scan.positions_px, scan.grid.shape, _start_probe(scan), solvers.RpieOptions(batch_size=32)
+    )
     arrivals = np.zeros(n)
     snaps: list[tuple[float, int]] = []
     stream = StreamingReconstruction(
-        solver, snapshot_interval=0.5, final_iterations=final_iterations, min_frames=16,
+        solver,
+        snapshot_interval=0.5,
+        final_iterations=final_iterations,
+        min_frames=16,
         on_snapshot=lambda s: snaps.append((time.perf_counter(), s.newest)),
     )
     t0 = time.perf_counter()
@@ -120,10 +154,16 @@ def paper_scale(rate_hz: float = 10.0, final_iterations: int = 10) -> dict:
             lags.append(later[0] - arrivals[k])
     region = metrics.illuminated_region(solver.illumination(), 0.3)
     return {
-        "frames": n, "frame_px": 128, "rate_hz": rate_hz, "object": list(scan.grid.shape),
-        "scan_seconds": last - t0, "final_after_last_frame_s": done - last,
-        "iterations": final.iteration, "final_iterations": final_iterations,
-        "live_lag_s_median": float(np.median(lags)), "live_lag_s_max": float(np.max(lags)),
+        "frames": n,
+        "frame_px": 128,
+        "rate_hz": rate_hz,
+        "object": list(scan.grid.shape),
+        "scan_seconds": last - t0,
+        "final_after_last_frame_s": done - last,
+        "iterations": final.iteration,
+        "final_iterations": final_iterations,
+        "live_lag_s_median": float(np.median(lags)),
+        "live_lag_s_max": float(np.max(lags)),
         "object_error": _error(solver, scan, region),
     }
 
@@ -132,8 +172,9 @@ def iteration_rates(xp, n_side: int = 40, frame_px: int = 128) -> list[dict]:
     scan = sim.simulate_scan(n_side=n_side, frame_px=frame_px, photons=1e6)
     rows = []
     for alg in ("rpie", "lsqml", "raar", "dm"):
-        s = solvers.solver_class(alg)(xp.asarray(scan.positions_px), scan.grid.shape,
-                                      xp.asarray(_start_probe(scan)))
+        s = solvers.solver_class(alg)(
+            xp.asarray(scan.positions_px), scan.grid.shape, xp.asarray(_start_probe(scan))
+        )
         s.add_frames(np.arange(len(scan.intensities)), xp.asarray(scan.intensities))
         s.iterate(1)
         _sync(xp)
@@ -141,8 +182,14 @@ def iteration_rates(xp, n_side: int = 40, frame_px: int = 128) -> list[dict]:
         s.iterate(3)
         _sync(xp)
         dt = (time.perf_counter() - t0) / 3
-        row = {"backend": xp.__name__, "algorithm": alg, "frames": len(scan.intensities),
-               "frame_px": frame_px, "s_per_iteration": dt, "iterations_per_s": 1 / dt}
+        row = {
+            "backend": xp.__name__,
+            "algorithm": alg,
+            "frames": len(scan.intensities),
+            "frame_px": frame_px,
+            "s_per_iteration": dt,
+            "iterations_per_s": 1 / dt,
+        }
         if xp is not np:
             # bytes an iteration must move at least: amplitudes read once, and
             # each complex view written and read by every FFT pass (≈ 8 passes)
@@ -165,7 +212,9 @@ def _peak_bandwidth(xp) -> float:
 
 
 def main() -> int:
-    machine = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    machine = (
+        f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     result: dict = {"machine": machine}
     result["vs_ptychi"] = vs_ptychi()
     print(json.dumps(result["vs_ptychi"], indent=1))
@@ -182,8 +231,12 @@ def main() -> int:
         pass
     result["iteration_rates"] = rows
     for r in rows:
-        print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in r.items()))
+        print(
+            "  "
+            + ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+            )
+        )
     out = HERE / f"solvers-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(result, indent=2))
     return 0

@@ -1,15 +1,20 @@
 """Live ptychography in Bluesky.
 
 Importing this package is cheap: it does not import Qt, napari, CuPy, bluesky or
-ophyd. Sub-packages:
+ophyd. The sub-packages are layers; each imports only those below it (checked by
+import-linter in ``make test``):
 
-``core``       pure array code (NumPy in → NumPy out, CuPy in → CuPy out)
-``io``         CXI and HDF5 files (h5py)
-``devices``    Ophyd devices: the simulated FCCD, the sample stage, the shutter
-``callbacks``  the processing stages (event-model DocumentRouters)
-``plugins``    the stage registry (entry-point group ``bluesky_ptycho.stages``)
-``plans``      bluesky plans (``ptycho_scan``)
-``cli``        the ``bluesky-ptycho`` command
+=================================  ============================================================
+``cli``, ``viewer``                the ``bluesky-ptycho`` command; the napari plugin
+``apps``                           demo, replay, raw2cxi, reconstruct
+``transport``                      ZeroMQ: publisher, ``serve``, control, snapshots; MPI
+``pipeline``, ``acquisition``      pipeline files and the runner, Dask; plans, rescans, feedback
+``callbacks``                      the built-in stages and their background-iteration driver
+``plugins``, ``storage``,          the stage API and registry; catalog, spool, paths, logs;
+``devices``                        Ophyd devices
+``io``, ``threads``                CXI, HDF5 frames, the document codec; the worker-thread idiom
+``core``                           pure array code (NumPy in → NumPy out, CuPy in → CuPy out)
+=================================  ============================================================
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -44,26 +44,43 @@ class TiledServe:
         # `tiled serve config`: the catalog as `tiled serve catalog` makes it, plus the
         # BlueskyRun document exporter that replay and a restarted back-end read runs with
         config = self.folder / "tiled.yml"
-        config.write_text(json.dumps({
-            "authentication": {"single_user_api_key": self.api_key},
-            "trees": [{"path": "/", "tree": "catalog", "args": {
-                "uri": f"sqlite:///{db}", "init_if_not_exists": True,
-                "writable_storage": [str(self.folder / "data"),
-                                     f"duckdb:///{self.folder / 'storage.duckdb'}"],
-                "readable_storage": [str(self.read)],
-            }}],
-            "media_types": {"BlueskyRun": {
-                "application/json-seq": "bluesky_tiled_plugins.exporters:json_seq_exporter"}},
-            "uvicorn": {"host": "127.0.0.1", "port": self.port},
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "authentication": {"single_user_api_key": self.api_key},
+                    "trees": [
+                        {
+                            "path": "/",
+                            "tree": "catalog",
+                            "args": {
+                                "uri": f"sqlite:///{db}",
+                                "init_if_not_exists": True,
+                                "writable_storage": [
+                                    str(self.folder / "data"),
+                                    f"duckdb:///{self.folder / 'storage.duckdb'}",
+                                ],
+                                "readable_storage": [str(self.read)],
+                            },
+                        }
+                    ],
+                    "media_types": {
+                        "BlueskyRun": {
+                            "application/json-seq": "bluesky_tiled_plugins.exporters:json_seq_exporter"
+                        }
+                    },
+                    "uvicorn": {"host": "127.0.0.1", "port": self.port},
+                }
+            )
+        )
         cmd = [str(tiled), "serve", "config", str(config)]
         log = (self.folder / "tiled.log").open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tiled serve exited ({self.proc.returncode}); see "
-                                   f"{self.folder / 'tiled.log'}")
+                raise RuntimeError(
+                    f"tiled serve exited ({self.proc.returncode}); see {self.folder / 'tiled.log'}"
+                )
             try:
                 if httpx.get(f"{self.uri}/healthz", timeout=1).status_code == 200:
                     return self
@@ -89,8 +106,11 @@ if __name__ == "__main__":  # .ci/run: serve until killed; print the environment
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that `finally` stops the server
     server = TiledServe(Path(sys.argv[1])).start()
-    print(f"export BLUESKY_PTYCHO_TEST_TILED={server.uri} BLUESKY_PTYCHO_TEST_TILED_KEY="
-          f"{server.api_key} BLUESKY_PTYCHO_TEST_TILED_READ={server.read}", flush=True)
+    print(
+        f"export BLUESKY_PTYCHO_TEST_TILED={server.uri} BLUESKY_PTYCHO_TEST_TILED_KEY="
+        f"{server.api_key} BLUESKY_PTYCHO_TEST_TILED_READ={server.read}",
+        flush=True,
+    )
     try:
         server.proc.wait()  # type: ignore[union-attr]
     finally:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.frames import StreamFrameReader
+from bluesky_ptycho.io.frames import StreamFrameReader
 
 
 class RawFrames:

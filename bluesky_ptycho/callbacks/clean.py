@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from ..core import fccd
-from ..core._array import get_xp, to_numpy
-from ..core.clean import CleanedBatch, CleanSettings, Preprocessor
-from ..core.dark import DarkResult
-from ..core.geometry import Beamstop
-from ..io.frames import FrameRef
-from ..plugins import Param
-from ._frames import RawFrames, frame_problem
-from .base import DerivedRun, Stage
+from bluesky_ptycho.callbacks._frames import RawFrames, frame_problem
+from bluesky_ptycho.core import fccd
+from bluesky_ptycho.core.arrays import get_xp, to_numpy
+from bluesky_ptycho.core.clean import CleanedBatch, CleanSettings, Preprocessor
+from bluesky_ptycho.core.dark import DarkResult
+from bluesky_ptycho.core.geometry import Beamstop
+from bluesky_ptycho.io.frames import FrameRef
+from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
 def clean_remote(
@@ -107,35 +107,95 @@ class FrameCleaner(Stage):
     inputs = ("raw/primary", "dark_statistics/dark")
     outputs = ("frame_cleaning/cleaned",)
     params = (
-        Param("batch_size", "int", 8, "frames cleaned together (more: faster; fewer: more live)",
-              min=1),
-        Param("adu_per_photon", "float", None, "detector gain", "ADU/photon", min=0,
-              exclusive=True, optional=True),
-        Param("threshold_adu", "float", 15.0, "photon threshold after the offsets", "ADU",
-              min=0, exclusive=True),
+        Param(
+            "batch_size",
+            "int",
+            8,
+            "frames cleaned together (more: faster; fewer: more live)",
+            min=1,
+        ),
+        Param(
+            "adu_per_photon",
+            "float",
+            None,
+            "detector gain",
+            "ADU/photon",
+            min=0,
+            exclusive=True,
+            optional=True,
+        ),
+        Param(
+            "threshold_adu",
+            "float",
+            15.0,
+            "photon threshold after the offsets",
+            "ADU",
+            min=0,
+            exclusive=True,
+        ),
         Param("overscan_order", "int", 2, "polynomial order of the overscan fit", min=0, max=2),
-        Param("overscan_skip_rows", "list", [100, 80], "readout rows left out of the overscan fit "
-              "(start, end)", length=2),
+        Param(
+            "overscan_skip_rows",
+            "list",
+            [100, 80],
+            "readout rows left out of the overscan fit (start, end)",
+            length=2,
+        ),
         Param("background", "bool", True, "subtract each column's background (step 4)"),
         Param("ripple", "bool", True, "remove high-frequency pickup lines (step 5)"),
-        Param("ripple_threshold", "float", 10.0, "pickup power over the median power", min=1,
-              exclusive=True),
+        Param(
+            "ripple_threshold",
+            "float",
+            10.0,
+            "pickup power over the median power",
+            min=1,
+            exclusive=True,
+        ),
         Param("ripple_max_lines", "int", 8, "at most this many pickup lines", min=0, max=64),
-        Param("ripple_min_cycles", "float", 0.01, "lowest pickup frequency", "cycles/sample",
-              min=0, max=0.5),
+        Param(
+            "ripple_min_cycles",
+            "float",
+            0.01,
+            "lowest pickup frequency",
+            "cycles/sample",
+            min=0,
+            max=0.5,
+        ),
         Param("threshold_dilate", "bool", True, "keep the 2 × 2 neighbours of photon pixels"),
-        Param("beamstop", "table", None, "beamstop {row, col, radius, transmission}",
-              optional=True),
-        Param("center_px", "list", None, "pattern centre (row, col); absent: found from the "
-              "first batch", "px", length=2, optional=True),
-        Param("crop_px", "int", None, "side of the region cut around the centre", "px", min=2,
-              optional=True),
+        Param(
+            "beamstop", "table", None, "beamstop {row, col, radius, transmission}", optional=True
+        ),
+        Param(
+            "center_px",
+            "list",
+            None,
+            "pattern centre (row, col); absent: found from the first batch",
+            "px",
+            length=2,
+            optional=True,
+        ),
+        Param(
+            "crop_px",
+            "int",
+            None,
+            "side of the region cut around the centre",
+            "px",
+            min=2,
+            optional=True,
+        ),
         Param("frame_px", "int", None, "side of the output frames", "px", min=2, optional=True),
         Param("window", "str", "erf", "downsampling window", choices=("erf", "gaussian")),
         Param("window_width", "float", 8.0, "window width", "px", min=0, exclusive=True),
         Param("noise_floor_photons", "float", 0.0, "subtracted from the output", "photons", min=0),
-        Param("saturation_adu", "float", 65535.0, "raw samples at or above this are saturated",
-              "ADU", min=0, exclusive=True),
+        Param(
+            "saturation_adu",
+            "float",
+            65535.0,
+            "raw samples at or above this are saturated",
+            "ADU",
+            min=0,
+            exclusive=True,
+        ),
     )
 
     def __init__(self, device: str = "cpu", batch_size: int = 8, **settings: Any) -> None:
@@ -180,8 +240,8 @@ class FrameCleaner(Stage):
         self.max_in_flight = max_in_flight
 
     def held_frames(self) -> int:
-        return len(self._ready) + len(self._frames_by_seq) + sum(
-            len(b.items) for b in self._in_flight
+        return (
+            len(self._ready) + len(self._frames_by_seq) + sum(len(b.items) for b in self._in_flight)
         )
 
     # -- two inputs: the raw run and the dark statistics run ---------------------
@@ -244,8 +304,12 @@ class FrameCleaner(Stage):
         dark = None
         if int(d.get("n_frames", 0)) > 0:
             dark = DarkResult(
-                np.asarray(d["mean"]), np.asarray(d["std"]), np.asarray(d["bad_pixels"]),
-                int(d["n_frames"]), d.get("channel_mean"), d.get("channel_std"),
+                np.asarray(d["mean"]),
+                np.asarray(d["std"]),
+                np.asarray(d["bad_pixels"]),
+                int(d["n_frames"]),
+                d.get("channel_mean"),
+                d.get("channel_std"),
                 None if d.get("bad_channels") is None else np.asarray(d["bad_channels"]),
             )
         else:
@@ -271,8 +335,11 @@ class FrameCleaner(Stage):
         return (self._dark is not None and bool(self._ready)) or bool(self._in_flight)
 
     def work(self) -> None:
-        remote = (self.client is not None and self.preprocessor is not None
-                  and self.preprocessor.region is not None)
+        remote = (
+            self.client is not None
+            and self.preprocessor is not None
+            and self.preprocessor.region is not None
+        )
         if remote:
             self._submit_ready()
             self._collect()
@@ -301,16 +368,20 @@ class FrameCleaner(Stage):
         reached this moment (one just died): :meth:`_collect` sends it again."""
         try:
             if self._prep_future is None:
-                self._prep_future = self.client.scatter(self.preprocessor, broadcast=True,
-                                                        hash=False)
+                self._prep_future = self.client.scatter(
+                    self.preprocessor, broadcast=True, hash=False
+                )
             if isinstance(payload, np.ndarray):
                 # straight to a worker (3× the rate of sending it with the task via the
                 # scheduler)
                 payload = self.client.scatter(payload, direct=True, hash=False)
             return self.client.submit(clean_remote, self._prep_future, payload, pure=False)
         except Exception as err:  # a connection to a worker that just went away
-            self.log.warning("could not send a batch to the workers (%s: %s); trying again",
-                             type(err).__name__, err)
+            self.log.warning(
+                "could not send a batch to the workers (%s: %s); trying again",
+                type(err).__name__,
+                err,
+            )
             self._prep_future = None
             return None
 
@@ -357,8 +428,11 @@ class FrameCleaner(Stage):
                 if head.sent < self.RESEND:
                     head.sent += 1
                     self.redone += len(head.items)
-                    self.log.warning("batch of points %s lost on the workers (%s); sent again",
-                                     [it[0] for it in head.items], why)
+                    self.log.warning(
+                        "batch of points %s lost on the workers (%s); sent again",
+                        [it[0] for it in head.items],
+                        why,
+                    )
                     self._prep_future = None
                     head.future = self._submit(head.payload)
                     return
@@ -434,8 +508,9 @@ class FrameCleaner(Stage):
                 cleaned = f"cleaning failed: {err}"
         self._emit_batch(items, problems, cleaned)
 
-    def _emit_batch(self, batch: list, problems: list[str],
-                    cleaned: CleanedBatch | str | None) -> None:
+    def _emit_batch(
+        self, batch: list, problems: list[str], cleaned: CleanedBatch | str | None
+    ) -> None:
         """One event per item, in order: flagged for its problem, else its cleaned frame
         (*cleaned* holds the frames of the items without problems, or why they all failed)."""
         assert self._out is not None

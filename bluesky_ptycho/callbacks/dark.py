@@ -6,12 +6,12 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ..core import fccd
-from ..core._array import get_xp, to_numpy
-from ..core.dark import DarkSettings, RunningDarkStats
-from ..plugins import Param
-from ._frames import RawFrames, frame_problem
-from .base import DerivedRun, Stage
+from bluesky_ptycho.callbacks._frames import RawFrames, frame_problem
+from bluesky_ptycho.core import fccd
+from bluesky_ptycho.core.arrays import get_xp, to_numpy
+from bluesky_ptycho.core.dark import DarkSettings, RunningDarkStats
+from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
 class DarkStatistics(Stage):
@@ -35,11 +35,24 @@ class DarkStatistics(Stage):
     inputs = ("raw/dark",)
     outputs = ("dark_statistics/dark",)
     params = (
-        Param("max_std_adu", "float", 30.0, "a pixel noisier than this in the darks is bad",
-              "ADU", min=0, exclusive=True),
-        Param("channel_excess_adu", "float", 15.0,
-              "an ADC channel whose dark noise exceeds the median channel's by this is bad",
-              "ADU", min=0, exclusive=True),
+        Param(
+            "max_std_adu",
+            "float",
+            30.0,
+            "a pixel noisier than this in the darks is bad",
+            "ADU",
+            min=0,
+            exclusive=True,
+        ),
+        Param(
+            "channel_excess_adu",
+            "float",
+            15.0,
+            "an ADC channel whose dark noise exceeds the median channel's by this is bad",
+            "ADU",
+            min=0,
+            exclusive=True,
+        ),
     )
 
     def __init__(

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from event_model import DocumentRouter
 
-from ..core.geometry import Geometry
-from ..io.cxi import CxiData, write_cxi
+from bluesky_ptycho.core.geometry import Geometry
+from bluesky_ptycho.io.cxi import CxiData, write_cxi
 
 
 class CxiExport(DocumentRouter):

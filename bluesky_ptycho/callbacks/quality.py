@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ..core.ptycho import ObjectGrid
-from ..core.quality import drift_estimate, error_outliers, low_flux, transmission_map
-from ..plugins import Param
-from .base import DerivedRun, Stage
+from bluesky_ptycho.core.ptycho import ObjectGrid
+from bluesky_ptycho.core.quality import drift_estimate, error_outliers, low_flux, transmission_map
+from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 #: reasons a frame is bad because of the beam, not the sample or the detector
 BEAM_REASONS = ("low flux",)
@@ -38,7 +38,7 @@ class QualityMonitor(Stage):
     - ``beam``: ``ok``, ``reason``, ``consecutive_bad``, published when it
       changes: not ok once ``suspend_after`` frames in a row had low flux
       (what a suspender pauses the scan on, see
-      :class:`bluesky_ptycho.feedback.QualityFeedback`), ok again at the
+      :class:`bluesky_ptycho.acquisition.feedback.QualityFeedback`), ok again at the
       next frame with the beam on;
     - ``drift``: ``dy_m``, ``dx_m``, ``drifting`` at every snapshot, from
       the recent frames' transmission against what the live reconstruction
@@ -51,20 +51,44 @@ class QualityMonitor(Stage):
     outputs = ("quality/verdict", "quality/beam", "quality/drift")
     live_params = ("low_flux_fraction", "error_factor", "drift_threshold_m")
     params = (
-        Param("low_flux_fraction", "float", 0.3,
-              "a frame with less than this fraction of the good frames' photons is bad",
-              min=0, max=1, exclusive=True),
-        Param("reference_frames", "int", 32, "recent good frames the photon reference is the "
-              "median of", min=1),
-        Param("suspend_after", "int", 2, "low-flux frames in a row that make the beam bad",
-              min=1),
-        Param("error_factor", "float", 4.0, "data error over the neighbours' median that makes "
-              "a frame bad", min=1, exclusive=True),
-        Param("neighbours", "int", 8, "nearest frames a frame's data error is compared with",
-              min=1),
+        Param(
+            "low_flux_fraction",
+            "float",
+            0.3,
+            "a frame with less than this fraction of the good frames' photons is bad",
+            min=0,
+            max=1,
+            exclusive=True,
+        ),
+        Param(
+            "reference_frames",
+            "int",
+            32,
+            "recent good frames the photon reference is the median of",
+            min=1,
+        ),
+        Param("suspend_after", "int", 2, "low-flux frames in a row that make the beam bad", min=1),
+        Param(
+            "error_factor",
+            "float",
+            4.0,
+            "data error over the neighbours' median that makes a frame bad",
+            min=1,
+            exclusive=True,
+        ),
+        Param(
+            "neighbours", "int", 8, "nearest frames a frame's data error is compared with", min=1
+        ),
         Param("drift_frames", "int", 24, "recent frames the drift is estimated from", min=4),
-        Param("drift_threshold_m", "float", 50e-9, "drift that flags the sample as drifting",
-              "m", min=0, exclusive=True),
+        Param(
+            "drift_threshold_m",
+            "float",
+            50e-9,
+            "drift that flags the sample as drifting",
+            "m",
+            min=0,
+            exclusive=True,
+        ),
     )
 
     def __init__(
@@ -78,12 +102,17 @@ class QualityMonitor(Stage):
         drift_frames: int = 24,
         drift_threshold_m: float = 50e-9,
     ) -> None:
-        problems = self.param_problems({
-            "low_flux_fraction": low_flux_fraction, "reference_frames": reference_frames,
-            "suspend_after": suspend_after, "error_factor": error_factor,
-            "neighbours": neighbours, "drift_frames": drift_frames,
-            "drift_threshold_m": drift_threshold_m,
-        })
+        problems = self.param_problems(
+            {
+                "low_flux_fraction": low_flux_fraction,
+                "reference_frames": reference_frames,
+                "suspend_after": suspend_after,
+                "error_factor": error_factor,
+                "neighbours": neighbours,
+                "drift_frames": drift_frames,
+                "drift_threshold_m": drift_threshold_m,
+            }
+        )
         if problems:
             raise ValueError("; ".join(f"quality: {k} {v}" for k, v in problems.items()))
         self.low_flux_fraction = float(low_flux_fraction)
@@ -134,8 +163,10 @@ class QualityMonitor(Stage):
         xs, ys = np.asarray(d["x"], float), np.asarray(d["y"], float)
         for k, p in enumerate(points):
             reference = float(np.median(self._good_photons)) if self._good_photons else np.nan
-            low = bool(np.isfinite(reference) and low_flux(photons[k : k + 1], reference,
-                                                             self.low_flux_fraction)[0])
+            low = bool(
+                np.isfinite(reference)
+                and low_flux(photons[k : k + 1], reference, self.low_flux_fraction)[0]
+            )
             if not valid[k]:
                 reason = flags[k] or "flagged by the cleaning"
             elif low:
@@ -154,9 +185,15 @@ class QualityMonitor(Stage):
         assert self._out is not None
         # relative to the brightest recent frames: about 1 where the sample lets all through
         bright = float(np.percentile(self._good_photons, 95)) if self._good_photons else np.nan
-        v = {"point": point, "x": x, "y": y, "bad": bool(reason), "reason": reason,
-             "photons": photons,
-             "relative": photons / bright if np.isfinite(bright) and bright > 0 else np.nan}
+        v = {
+            "point": point,
+            "x": x,
+            "y": y,
+            "bad": bool(reason),
+            "reason": reason,
+            "photons": photons,
+            "relative": photons / bright if np.isfinite(bright) and bright > 0 else np.nan,
+        }
         self.verdicts[point] = v
         if reason:
             self.log.warning("point %d is bad: %s", point, reason)
@@ -183,11 +220,17 @@ class QualityMonitor(Stage):
             e[points] = errors[points]
             full_pos = np.zeros((len(errors), 2))
             full_pos[points] = pos
-            for p in np.flatnonzero(error_outliers(e, full_pos, self.neighbours, self.error_factor)):
+            for p in np.flatnonzero(
+                error_outliers(e, full_pos, self.neighbours, self.error_factor)
+            ):
                 v = self.verdicts[int(p)]
-                self._verdict(int(p), v["x"], v["y"],
-                              f"data error {e[p]:.3g} over {self.error_factor:g}× its neighbours'",
-                              v["photons"])
+                self._verdict(
+                    int(p),
+                    v["x"],
+                    v["y"],
+                    f"data error {e[p]:.3g} over {self.error_factor:g}× its neighbours'",
+                    v["photons"],
+                )
         self._drift(np.asarray(d["object"][-1]), np.asarray(d["probe"][-1]))
 
     def _drift(self, obj: np.ndarray, probe: np.ndarray) -> None:
@@ -207,10 +250,15 @@ class QualityMonitor(Stage):
         self.drift_m = (dy * px, dx * px)
         drifting = bool(np.hypot(*self.drift_m) > self.drift_threshold_m)
         if drifting:
-            self.log.warning("the sample drifts: %.0f nm, %.0f nm (rows, columns) against the "
-                             "live reconstruction", self.drift_m[0] * 1e9, self.drift_m[1] * 1e9)
-        self._out.event("drift", {"dy_m": self.drift_m[0], "dx_m": self.drift_m[1],
-                                  "drifting": drifting})
+            self.log.warning(
+                "the sample drifts: %.0f nm, %.0f nm (rows, columns) against the "
+                "live reconstruction",
+                self.drift_m[0] * 1e9,
+                self.drift_m[1] * 1e9,
+            )
+        self._out.event(
+            "drift", {"dy_m": self.drift_m[0], "dx_m": self.drift_m[1], "drifting": drifting}
+        )
 
     def stop(self, doc: dict) -> None:
         if self._out is None:

@@ -8,14 +8,20 @@ from typing import Any
 
 import numpy as np
 
-from ..core._array import backend, to_numpy
-from ..core.geometry import Geometry, ZonePlate
-from ..core.ptycho import ObjectGrid, object_grid, probe_from_counts
-from ..core.sim import fzp_probe
-from ..core.solvers import Solver, SolverOptions, make_options, solver_class
-from ..core.stream import Snapshot, StreamingReconstruction
-from ..plugins import Param
-from .base import DerivedRun, Stage
+from bluesky_ptycho.callbacks.streaming import Snapshot, StreamingReconstruction
+from bluesky_ptycho.core.arrays import backend, to_numpy
+from bluesky_ptycho.core.geometry import Geometry, ZonePlate
+from bluesky_ptycho.core.ptycho import ObjectGrid, object_grid, probe_from_counts
+from bluesky_ptycho.core.sim import fzp_probe
+from bluesky_ptycho.core.solvers import (
+    ALGORITHMS,
+    Solver,
+    SolverOptions,
+    make_options,
+    solver_class,
+)
+from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
 @dataclass
@@ -72,17 +78,39 @@ class StreamingReconstructionStage(Stage):
     feedback_inputs = ("quality/verdict",)
     live_params = ("final_iterations", "snapshot_interval", "max_live_iterations")
     params = (
-        Param("algorithm", "str", "rpie", "the solver", choices=("rpie", "epie", "dm", "raar", "lsqml")),
+        Param(
+            "algorithm",
+            "str",
+            "rpie",
+            "the solver",
+            choices=ALGORITHMS,
+        ),
         Param("options", "table", {}, "solver options by name (bluesky-ptycho reconstruct --help)"),
         Param("final_iterations", "int", 40, "iterations after the last frame", min=0),
-        Param("snapshot_interval", "float", 1.0, "time between published snapshots", "s",
-              min=0, exclusive=True),
+        Param(
+            "snapshot_interval",
+            "float",
+            1.0,
+            "time between published snapshots",
+            "s",
+            min=0,
+            exclusive=True,
+        ),
         Param("min_frames", "int", 16, "frames needed before iterating starts", min=1),
-        Param("max_live_iterations", "int", 0, "cap on iterations while the scan runs (0: none)",
-              min=0),
-        Param("initial_probe", "str", "zone_plate",
-              "start from the zone plate in the metadata, or the stxm stage's estimate",
-              choices=("zone_plate", "estimate")),
+        Param(
+            "max_live_iterations",
+            "int",
+            0,
+            "cap on iterations while the scan runs (0: none)",
+            min=0,
+        ),
+        Param(
+            "initial_probe",
+            "str",
+            "zone_plate",
+            "start from the zone plate in the metadata, or the stxm stage's estimate",
+            choices=("zone_plate", "estimate"),
+        ),
     )
 
     @classmethod
@@ -247,8 +275,11 @@ class StreamingReconstructionStage(Stage):
     def _verdicts(self, d: dict) -> None:
         """The quality monitor judged frames bad (low flux, a data-error outlier): weight 0
         until the point is measured again."""
-        bad = [(int(p), str(r)) for p, b, r in zip(d["point"], d["bad"], d["reason"], strict=True)
-               if b and 0 <= int(p) < self.n_points]
+        bad = [
+            (int(p), str(r))
+            for p, b, r in zip(d["point"], d["bad"], d["reason"], strict=True)
+            if b and 0 <= int(p) < self.n_points
+        ]
         for p, why in bad:
             self.flags[p] = why
         if bad and self.stream is not None:
@@ -265,8 +296,12 @@ class StreamingReconstructionStage(Stage):
             h = self._probe.shape[-1]
             inside = (corner >= 0).all() and (corner[0] + h < np.asarray(self.grid.shape)).all()
             if not inside:
-                self.log.warning("added point %d at (%.3g, %.3g) m lies outside the object "
-                                 "array: not used", p, x, y)
+                self.log.warning(
+                    "added point %d at (%.3g, %.3g) m lies outside the object array: not used",
+                    p,
+                    x,
+                    y,
+                )
                 continue
             self.n_points += 1
             self._positions_px = np.concatenate([self._positions_px, corner])
@@ -279,8 +314,11 @@ class StreamingReconstructionStage(Stage):
             return
         probe = np.asarray(data["probe"][-1], np.complex64)
         if probe.shape != self._probe.shape[-2:]:
-            self.log.warning("probe estimate of shape %s ignored: the frames are %s",
-                             probe.shape, self._probe.shape[-2:])
+            self.log.warning(
+                "probe estimate of shape %s ignored: the frames are %s",
+                probe.shape,
+                self._probe.shape[-2:],
+            )
             return
         self._probe = probe
         self._probe_ready = True

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core._array import get_xp, to_numpy
-from ..core.geometry import Geometry
-from ..core.stxm import check_probe_settings, probe_estimate, stxm_contrast
-from ..plugins import Param
-from .base import DerivedRun, Stage
+from bluesky_ptycho.core.arrays import get_xp, to_numpy
+from bluesky_ptycho.core.geometry import Geometry
+from bluesky_ptycho.core.stxm import check_probe_settings, probe_estimate, stxm_contrast
+from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
 class StxmProbe(Stage):
@@ -41,10 +41,23 @@ class StxmProbe(Stage):
     outputs = ("stxm/stxm", "stxm/probe_estimate")
     params = (
         Param("probe_frames", "int", 16, "frames averaged before the probe is estimated", min=1),
-        Param("level", "float", 0.1, "mean-pattern cut (fraction of its maximum) of the bright field",
-              min=0, max=1, exclusive=True),
-        Param("support", "float", 0.25, "probe support radius, as a fraction of the frame",
-              min=0, max=0.5),
+        Param(
+            "level",
+            "float",
+            0.1,
+            "mean-pattern cut (fraction of its maximum) of the bright field",
+            min=0,
+            max=1,
+            exclusive=True,
+        ),
+        Param(
+            "support",
+            "float",
+            0.25,
+            "probe support radius, as a fraction of the frame",
+            min=0,
+            max=0.5,
+        ),
         Param("defocus", "bool", True, "propagate the estimate by the run's defocus"),
     )
 
@@ -78,12 +91,22 @@ class StxmProbe(Stage):
         zp = md.get("zone_plate")
         if self.defocus and zp and zp.get("defocus_m"):
             g = Geometry.from_metadata(md)
-            self._optics = {"defocus_m": float(zp["defocus_m"]), "wavelength_m": g.wavelength_m,
-                            "pixel_size_m": g.object_pixel_size_m}
+            self._optics = {
+                "defocus_m": float(zp["defocus_m"]),
+                "wavelength_m": g.wavelength_m,
+                "pixel_size_m": g.object_pixel_size_m,
+            }
         self._out = DerivedRun(
-            self, doc, {"ptycho": doc.get("ptycho", {}),
-                        "stxm_settings": {"probe_frames": self.probe_frames,
-                                          "level": self.level, "support": self.support}}
+            self,
+            doc,
+            {
+                "ptycho": doc.get("ptycho", {}),
+                "stxm_settings": {
+                    "probe_frames": self.probe_frames,
+                    "level": self.level,
+                    "support": self.support,
+                },
+            },
         )
 
     def event_page(self, doc: dict) -> None:
@@ -99,8 +122,15 @@ class StxmProbe(Stage):
             self.points[int(p)] = (x, y, float(photons[k]), float(dpc_x[k]), float(dpc_y[k]))
             self._out.event(
                 "stxm",
-                {"point": int(p), "x": x, "y": y, "photons": float(photons[k]),
-                 "dpc_x": float(dpc_x[k]), "dpc_y": float(dpc_y[k]), "valid": bool(valid[k])},
+                {
+                    "point": int(p),
+                    "x": x,
+                    "y": y,
+                    "photons": float(photons[k]),
+                    "dpc_x": float(dpc_x[k]),
+                    "dpc_y": float(dpc_y[k]),
+                    "valid": bool(valid[k]),
+                },
             )
         if valid.any():
             s = to_numpy(frames[xp.asarray(valid)].sum(axis=0))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import fccd
-from ._array import Array, get_xp
+from bluesky_ptycho.core import fccd
+from bluesky_ptycho.core.arrays import Array, get_xp
 
 
 class RunningDarkStats:
@@ -72,8 +72,9 @@ class RunningDarkStats:
         ch_mean = ch_std = bad_ch = None
         if self.shape == fccd.RAW_SHAPE:
             ch_mean, ch_std, bad_ch = channel_statistics(self.mean, std, s.channel_excess_adu)
-        return DarkResult(self.mean.astype(xp.float32), std, bad, self.n_frames, ch_mean, ch_std,
-                          bad_ch)
+        return DarkResult(
+            self.mean.astype(xp.float32), std, bad, self.n_frames, ch_mean, ch_std, bad_ch
+        )
 
 
 def channel_statistics(mean: Array, std: Array, excess_adu: float) -> tuple[Array, Array, Array]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._array import Array, get_xp
+from bluesky_ptycho.core.arrays import Array, get_xp
 
 N_HALVES = 2
 CHANNELS_PER_HALF = 96
@@ -241,11 +241,15 @@ class RawRegion:
     def channels(self) -> np.ndarray:
         """Global channel numbers ``(2, n_channels)`` (``half * 96 + local``)."""
         return np.stack(
-            [h * CHANNELS_PER_HALF + self.first_channel[h] + np.arange(self.n_channels)
-             for h in range(N_HALVES)]
+            [
+                h * CHANNELS_PER_HALF + self.first_channel[h] + np.arange(self.n_channels)
+                for h in range(N_HALVES)
+            ]
         )
 
-    def take(self, raw: Array, out: Array | None = None, rows: tuple[int, int] | None = None) -> Array:
+    def take(
+        self, raw: Array, out: Array | None = None, rows: tuple[int, int] | None = None
+    ) -> Array:
         """Raw frames ``(..., 1152, 1940)`` → channel layout ``(..., 2, n, rows, 12)``.
 
         A copy; with *out* (float32, say) the samples are converted while copied.
@@ -275,8 +279,12 @@ class RawRegion:
         c_top, c_bot = self.first_channel
         return [
             (r0, c_top * PIXEL_COLUMNS, r1 - r0, n * PIXEL_COLUMNS),
-            (2 * PIXEL_ROWS - r1, (CHANNELS_PER_HALF - c_bot - n) * PIXEL_COLUMNS, r1 - r0,
-             n * PIXEL_COLUMNS),
+            (
+                2 * PIXEL_ROWS - r1,
+                (CHANNELS_PER_HALF - c_bot - n) * PIXEL_COLUMNS,
+                r1 - r0,
+                n * PIXEL_COLUMNS,
+            ),
         ]
 
     def assemble(self, layout: Array, top: int, left: int, height: int, width: int) -> Array:

@@ -178,8 +178,11 @@ class Beamstop:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for documents and files."""
-        return {"center_px": list(self.center_px), "radius_px": self.radius_px,
-                "transmission": self.transmission}
+        return {
+            "center_px": list(self.center_px),
+            "radius_px": self.radius_px,
+            "transmission": self.transmission,
+        }
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Beamstop:

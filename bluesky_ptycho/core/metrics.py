@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._array import Array, fft2, get_xp, ifft2, to_numpy
+from bluesky_ptycho.core.arrays import Array, fft2, get_xp, ifft2, to_numpy
 
 
 def object_error(

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import Array, fft2, fftshift2, get_xp, ifft2
+from bluesky_ptycho.core.arrays import Array, fft2, fftshift2, get_xp, ifft2
 
 
 # --------------------------------------------------------------------------- grid

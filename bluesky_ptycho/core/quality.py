@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, fft2, get_xp, ifft2, to_numpy
+from bluesky_ptycho.core.arrays import Array, fft2, get_xp, ifft2, to_numpy
 
 
 def low_flux(photons: Array, reference: float, fraction: float) -> np.ndarray:
@@ -107,9 +107,7 @@ def transmission_map(obj: Array, probe: Array) -> Array:
     return corr[: ny - h + 1, : nx - w + 1].astype(xp.float32)
 
 
-def drift_estimate(
-    transmission: Array, corners_px: Array, predicted: Array
-) -> tuple[float, float]:
+def drift_estimate(transmission: Array, corners_px: Array, predicted: Array) -> tuple[float, float]:
     """The shift (rows, columns; object pixels) of the sample since the model was made.
 
     The STXM transmission of recent frames is compared with the transmission
@@ -164,6 +162,10 @@ def _bilinear(m: np.ndarray, pos: np.ndarray) -> np.ndarray:
     x0 = np.clip(np.floor(x).astype(int), 0, max(nx - 2, 0))
     fy, fx = y - y0, x - x0
     y1, x1 = np.minimum(y0 + 1, ny - 1), np.minimum(x0 + 1, nx - 1)
-    v = (m[y0, x0] * (1 - fy) * (1 - fx) + m[y1, x0] * fy * (1 - fx)
-         + m[y0, x1] * (1 - fy) * fx + m[y1, x1] * fy * fx)
+    v = (
+        m[y0, x0] * (1 - fy) * (1 - fx)
+        + m[y1, x0] * fy * (1 - fx)
+        + m[y0, x1] * (1 - fy) * fx
+        + m[y1, x1] * fy * fx
+    )
     return np.where(inside, v, np.nan)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._array import Array, fftshift2, get_xp, ifft2, ifftshift2
+from bluesky_ptycho.core.arrays import Array, fftshift2, get_xp, ifft2, ifftshift2
 
 
 def stxm_contrast(frames: Array) -> tuple[Array, Array, Array]:

@@ -23,11 +23,11 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ..core import fccd as fccd_geom
-from ..core.geometry import Beamstop, Geometry, ZonePlate
-from ..core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
-from ..io.frames import MIMETYPE, FrameFileWriter
-from .stage import SampleStage, Shutter
+from bluesky_ptycho.core import fccd as fccd_geom
+from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
+from bluesky_ptycho.core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
+from bluesky_ptycho.devices.stage import SampleStage, Shutter
+from bluesky_ptycho.io.frames import MIMETYPE, FrameFileWriter
 
 DEFAULT_DEFECTS = FCCDDefects()
 
@@ -200,7 +200,9 @@ class SimFCCD(Device):
         position = (float(self.stage_device.x.position), float(self.stage_device.y.position))
         shutter_open = self.shutter.is_open
         point = getattr(self.stage_device, "point", None)
-        fault = self.faults.pop(int(point.get()), None) if shutter_open and point is not None else None
+        fault = (
+            self.faults.pop(int(point.get()), None) if shutter_open and point is not None else None
+        )
         t_exp = float(self.acquire_time.get())
         flux = float(self.sim_flux.get())
 
@@ -231,7 +233,10 @@ class SimFCCD(Device):
         return status
 
     def simulate_frame(
-        self, position: tuple[float, float], shutter_open: bool, photons: float,
+        self,
+        position: tuple[float, float],
+        shutter_open: bool,
+        photons: float,
         fault: str | None = None,
     ) -> np.ndarray:
         """One raw frame at a stage position (x, y) in m; a dark frame when the shutter is closed.

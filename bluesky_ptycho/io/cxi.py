@@ -23,7 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..core.geometry import EV_TO_J
+from bluesky_ptycho.core.geometry import EV_TO_J
 
 CXI_VERSION = 160
 MASK_INVALID = 0x1

@@ -198,8 +198,10 @@ class StreamFrameReader:
         """Where each frame of a StreamDatum lies, without reading it."""
         res = self._resource(datum)
         idx = datum["indices"]
-        return [FrameRef(res["uri"], res["parameters"]["dataset"], i)
-                for i in range(idx["start"], idx["stop"])]
+        return [
+            FrameRef(res["uri"], res["parameters"]["dataset"], i)
+            for i in range(idx["start"], idx["stop"])
+        ]
 
     def _resource(self, datum: dict) -> dict:
         res = self._resources.get(datum["stream_resource"])

@@ -1,163 +1,38 @@
-"""The stage registry: stages are found under the entry-point group ``bluesky_ptycho.stages``.
+"""The plugin API a third party builds a stage on.
 
-Loaded lazily: a stage's module is imported only when the stage is asked for,
-so a pipeline that does not use a GPU stage never imports CuPy. A third-party
-package adds a stage by declaring an entry point in that group; the class
-describes itself (the paper's key-value description of every module):
-
-- ``inputs`` / ``optional_inputs``: the data it consumes, as
-  ``"<producer>/<stream>"`` — ``raw/primary`` and ``raw/dark`` are the
-  RunEngine's streams, ``frame_cleaning/cleaned`` the ``cleaned`` stream of
-  the run the ``frame_cleaning`` stage derives;
-- ``outputs``: what it produces, in the same form;
-- ``params``: one :class:`Param` per keyword of its constructor (besides
-  ``device``), with type, default, unit, range and a line of documentation.
+- :class:`Stage` and :class:`DerivedRun` (:mod:`.stage`): a stage is an
+  ``event_model.DocumentRouter`` with its own worker thread whose results are
+  documents of a derived run naming its source run.
+- :class:`Param` (declared in :mod:`bluesky_ptycho.core.params`): one
+  declaration per parameter, from which validation and the ``stages``
+  listing derive.
+- The registry (:mod:`.registry`): stages are found under the entry-point
+  group ``bluesky_ptycho.stages``; a package adds one by declaring an entry
+  point there (``tests/plugin_example/`` is a complete one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import entry_points
-from typing import Any
+from bluesky_ptycho.core.params import Param
+from bluesky_ptycho.plugins.registry import (
+    GROUP,
+    available_stages,
+    describe,
+    distribution_of,
+    load_stage,
+)
+from bluesky_ptycho.plugins.stage import Callback, DerivedRun, Stage, array_key, scalar_key
 
-GROUP = "bluesky_ptycho.stages"
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a stage.
-
-    Attributes
-    ----------
-    name : str
-    kind : {"int", "float", "bool", "str", "table", "list"}
-        Its TOML type (``float`` also takes integers; ``list`` of numbers).
-    default : Any
-        None where the run's metadata supplies it (*optional* is then True).
-    doc : str
-        One line for ``bluesky-ptycho stages``.
-    unit : str
-    min, max : float, optional
-        Inclusive bounds, or exclusive when *exclusive* is True.
-    choices : tuple, optional
-        The allowed values of a string.
-    length : int, optional
-        The length of a list.
-    optional : bool
-        None is allowed (taken from the run's metadata).
-    """
-
-    name: str
-    kind: str
-    default: Any
-    doc: str
-    unit: str = ""
-    min: float | None = None
-    max: float | None = None
-    exclusive: bool = False
-    choices: tuple | None = None
-    length: int | None = None
-    optional: bool = False
-
-    def problem(self, value: Any) -> str | None:
-        """What is wrong with *value* for this parameter (in words), or None when it is fine."""
-        if value is None:
-            return None if self.optional else f"must be given ({self.expected()})"
-        kind_ok = {
-            "int": isinstance(value, int) and not isinstance(value, bool),
-            "float": isinstance(value, int | float) and not isinstance(value, bool),
-            "bool": isinstance(value, bool),
-            "str": isinstance(value, str),
-            "table": isinstance(value, dict),
-            "list": isinstance(value, list | tuple)
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
-        }[self.kind]
-        if not kind_ok:
-            return f"is a {_toml_type(value)}; expected {self.expected()}"
-        if self.choices is not None and value not in self.choices:
-            return f"is not one of {list(self.choices)}"
-        if self.length is not None and len(value) != self.length:
-            return f"has {len(value)} values; expected {self.length}"
-        if self.kind in ("int", "float"):
-            lo, hi = self.min, self.max
-            if lo is not None and (value <= lo if self.exclusive else value < lo):
-                return f"is {'at or ' if self.exclusive else ''}below the minimum {lo}{self._unit()}"
-            if hi is not None and (value >= hi if self.exclusive else value > hi):
-                return f"is {'at or ' if self.exclusive else ''}above the maximum {hi}{self._unit()}"
-        return None
-
-    def expected(self) -> str:
-        """The type and range in words, e.g. 'a float in (0, 1)'."""
-        words = {"int": "an integer", "float": "a number", "bool": "true or false",
-                 "str": "a string", "table": "a table", "list": "a list of numbers"}[self.kind]
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.length is not None:
-            words = f"a list of {self.length} numbers"
-        if self.min is not None or self.max is not None:
-            left = "(" if self.exclusive or self.min is None else "["
-            right = ")" if self.exclusive or self.max is None else "]"
-            lo = "-inf" if self.min is None else f"{self.min:g}"
-            hi = "inf" if self.max is None else f"{self.max:g}"
-            words += f" in {left}{lo}, {hi}{right}"
-        return words + self._unit() + (" (or leave it out)" if self.optional else "")
-
-    def _unit(self) -> str:
-        return f" {self.unit}" if self.unit else ""
-
-
-def _toml_type(value: Any) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table",
-            list: "array"}.get(type(value), type(value).__name__)
-
-
-@cache
-def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
-
-
-def available_stages() -> list[str]:
-    """Names of the installed stages."""
-    return sorted(_entry_points())
-
-
-def load_stage(name: str) -> Any:
-    """The stage class registered as *name*.
-
-    Raises
-    ------
-    LookupError
-        When no installed package registers *name*; the message lists those that do.
-    """
-    eps = _entry_points()
-    if name not in eps:
-        known = ", ".join(sorted(eps)) or "none: is bluesky_ptycho installed (pip install -e .)?"
-        raise LookupError(
-            f"no stage named {name!r} is installed (entry-point group {GROUP!r}); known: {known}"
-        )
-    return eps[name].load()
-
-
-def distribution_of(name: str) -> str:
-    """The installed package that registers stage *name* (e.g. 'bluesky_ptycho 0.1.0')."""
-    ep = _entry_points()[name]
-    dist = getattr(ep, "dist", None)
-    return f"{dist.name} {dist.version}" if dist is not None else "?"
-
-
-def describe(name: str) -> str:
-    """The stage's description: what it does, its inputs, outputs and parameters."""
-    cls = load_stage(name)
-    summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-    lines = [f"{name}  ({distribution_of(name)}, {cls.__module__}.{cls.__qualname__})"]
-    lines.append(f"    {summary}")
-    lines.append(f"    inputs:  {', '.join(cls.inputs) or '-'}"
-                 + (f"  (optional: {', '.join(cls.optional_inputs)})" if cls.optional_inputs else ""))
-    lines.append(f"    outputs: {', '.join(cls.outputs) or '-'}")
-    lines.append("    parameters:")
-    for p in cls.params:
-        default = "from the run's metadata" if p.default is None else repr(p.default)
-        lines.append(f"      {p.name} = {default}    # {p.expected()}")
-        lines.append(f"          {p.doc}")
-    return "\n".join(lines)
+__all__ = [
+    "GROUP",
+    "Callback",
+    "DerivedRun",
+    "Param",
+    "Stage",
+    "array_key",
+    "available_stages",
+    "describe",
+    "distribution_of",
+    "load_stage",
+    "scalar_key",
+]

@@ -15,8 +15,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from . import DEFAULT_CONTROL_PORT, DEFAULT_HOST, address
-from .security import apply, client_keys
+from bluesky_ptycho.transport import DEFAULT_CONTROL_PORT, DEFAULT_HOST, address
+from bluesky_ptycho.transport.security import apply, client_keys
 
 
 class ControlError(RuntimeError):
@@ -65,13 +65,17 @@ def format_status(status: dict) -> str:
         f"runs resumed {srv.get('resumed_runs', 0)}",
     ]
     if w:
-        lines.append(f"dask: {w.get('n', '?')} worker(s) at {w.get('scheduler')} "
-                     f"{w.get('error', '')}".rstrip())
+        lines.append(
+            f"dask: {w.get('n', '?')} worker(s) at {w.get('scheduler')} "
+            f"{w.get('error', '')}".rstrip()
+        )
     now = status.get("time", time.time())
     for uid, run in status.get("runs", {}).items():
         lines.append(f"run {uid[:8]} ({'finished' if run['finished'] else 'in progress'})")
-        lines.append(f"  {'stage':<16}{'state':<9}{'in':>7}{'out':>7}{'backlog':>9}"
-                     f"{'rate/s':>8}{'beat s':>8}  last error")
+        lines.append(
+            f"  {'stage':<16}{'state':<9}{'in':>7}{'out':>7}{'backlog':>9}"
+            f"{'rate/s':>8}{'beat s':>8}  last error"
+        )
         for key, s in run["stages"].items():
             lines.append(
                 f"  {key:<16}{s['state']:<9}{s['frames_in']:>7}{s['frames_out']:>7}"

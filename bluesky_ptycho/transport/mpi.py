@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core._array import to_numpy
-from ..core.regions import split_regions
-from ..core.solvers import Solver
+from bluesky_ptycho.core.arrays import to_numpy
+from bluesky_ptycho.core.regions import split_regions
+from bluesky_ptycho.core.solvers import Solver
 
 
 class RegionMerge:

@@ -32,10 +32,10 @@ from typing import Any
 import zmq
 from event_model import unpack_event_page
 
-from ..io.frames import StreamFrameReader
-from . import DEFAULT_DATA_PORT, DEFAULT_HOST, address
-from .security import apply, client_keys
-from .wire import encode
+from bluesky_ptycho.io.frames import StreamFrameReader
+from bluesky_ptycho.transport import DEFAULT_DATA_PORT, DEFAULT_HOST, address
+from bluesky_ptycho.transport.security import apply, client_keys
+from bluesky_ptycho.transport.wire import encode
 
 log = logging.getLogger(__name__)
 FRAME_MODES = ("file", "inline")
@@ -162,8 +162,11 @@ class Publisher:
             frame = self._pending.pop((doc["descriptor"], doc["seq_num"]), None)
             if frame is not None:
                 key = self._image_keys.get(self._runs.get(doc["descriptor"], ""), "fccd_image")
-                doc = {**doc, "data": {**doc["data"], key: frame},
-                       "timestamps": {**doc["timestamps"], key: doc["time"]}}
+                doc = {
+                    **doc,
+                    "data": {**doc["data"], key: frame},
+                    "timestamps": {**doc["timestamps"], key: doc["time"]},
+                }
         return [(name, doc)]
 
     def _forget(self, run: str) -> None:

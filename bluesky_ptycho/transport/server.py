@@ -2,7 +2,7 @@
 
 A :class:`Server` takes documents from its PULL socket (one per message,
 :mod:`.wire`), drops duplicates (by document uid), and feeds them to a
-:class:`~bluesky_ptycho.callbacks.pipeline.Pipeline`; it answers commands on
+:class:`~bluesky_ptycho.pipeline.runner.Pipeline`; it answers commands on
 its REP socket (:mod:`.control`). The derived runs go to its catalog; the raw
 runs are stored by the RunEngine's side (the profile subscribes its catalog
 writer), in the same catalog, so a back-end restarted mid-scan picks the
@@ -34,10 +34,10 @@ from typing import Any
 import msgpack
 import zmq
 
-from . import DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT, DEFAULT_HOST, address
-from .security import ServerKeys, is_local
-from .snapshots import DEFAULT_SNAPSHOT_PORT, SnapshotPublisher
-from .wire import MAX_MESSAGE_BYTES, BadMessage, decode
+from bluesky_ptycho.transport import DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT, DEFAULT_HOST, address
+from bluesky_ptycho.transport.security import ServerKeys, is_local
+from bluesky_ptycho.transport.snapshots import DEFAULT_SNAPSHOT_PORT, SnapshotPublisher
+from bluesky_ptycho.transport.wire import MAX_MESSAGE_BYTES, BadMessage, decode
 
 log = logging.getLogger(__name__)
 _RESUME_WAIT_S = 10.0
@@ -121,8 +121,9 @@ class Server:
             pipeline.subscribe(catalog.writer)
         self.snapshots = None
         if snapshot_port is not None:
-            self.snapshots = SnapshotPublisher(self._context, address(host, snapshot_port),
-                                               server_keys)
+            self.snapshots = SnapshotPublisher(
+                self._context, address(host, snapshot_port), server_keys
+            )
             pipeline.subscribe(self.snapshots)
 
     # -- running -------------------------------------------------------------------------
@@ -231,9 +232,14 @@ class Server:
                     return []
                 time.sleep(0.5)
             except Exception as err:  # the catalog cannot export documents
-                log.error("cannot read run %s back from the catalog at %s: %s (a Tiled server "
-                          "needs the BlueskyRun json-seq exporter in its media_types, see the "
-                          "README)", run, self.catalog.location, err)
+                log.error(
+                    "cannot read run %s back from the catalog at %s: %s (a Tiled server "
+                    "needs the BlueskyRun json-seq exporter in its media_types, see the "
+                    "README)",
+                    run,
+                    self.catalog.location,
+                    err,
+                )
                 return []
 
     def _resume(self, run: str) -> bool:
@@ -241,9 +247,12 @@ class Server:
         docs = self._stored(run)
         if not docs:
             self.counters["orphan_runs"] += 1
-            log.error("documents of run %s arrive without its start document, and the catalog "
-                      "does not hold it: this back-end restarted mid-run without a catalog "
-                      "(give --catalog); the run's documents are ignored", run)
+            log.error(
+                "documents of run %s arrive without its start document, and the catalog "
+                "does not hold it: this back-end restarted mid-run without a catalog "
+                "(give --catalog); the run's documents are ignored",
+                run,
+            )
             return False
         self._resumed.add(run)
         self.counters["resumed_runs"] += 1
@@ -260,8 +269,11 @@ class Server:
             if name != "stop" and _identity(name, doc) not in self._seen[run]:
                 self.counters["refilled"] += 1
                 self._feed(run, name, doc)
-        log.info("run %s: %d documents refilled from the catalog",
-                 run, self.counters["received"] - before)
+        log.info(
+            "run %s: %d documents refilled from the catalog",
+            run,
+            self.counters["received"] - before,
+        )
 
     # -- control ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

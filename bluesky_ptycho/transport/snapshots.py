@@ -5,7 +5,7 @@
 state) on ``--snapshot-port`` (5579). A viewer, the quality feedback of a
 suspender, or a rescan planner on another machine subscribe with
 :class:`SnapshotSubscriber`, which calls its subscribers with ``(name,
-doc)`` just as an in-process :class:`~bluesky_ptycho.callbacks.pipeline.Pipeline`
+doc)`` just as an in-process :class:`~bluesky_ptycho.pipeline.runner.Pipeline`
 does, so the same callbacks serve both.
 
 This is PUB/SUB on purpose (not the PUSH/PULL of the raw documents): what
@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq
 
-from . import DEFAULT_HOST, address
-from .security import ServerKeys, apply, client_keys
-from .wire import MAX_MESSAGE_BYTES, BadMessage, decode, encode
+from bluesky_ptycho.transport import DEFAULT_HOST, address
+from bluesky_ptycho.transport.security import ServerKeys, apply, client_keys
+from bluesky_ptycho.transport.wire import MAX_MESSAGE_BYTES, BadMessage, decode, encode
 
 log = logging.getLogger(__name__)
 DEFAULT_SNAPSHOT_PORT = 5579
@@ -49,8 +49,9 @@ class SnapshotPublisher:
         Documents held for sending; beyond, the oldest are dropped.
     """
 
-    def __init__(self, context: zmq.Context, address: str, keys: ServerKeys | None = None,
-                 queue: int = 256) -> None:
+    def __init__(
+        self, context: zmq.Context, address: str, keys: ServerKeys | None = None, queue: int = 256
+    ) -> None:
         self.address = address
         self.sent = 0
         self.dropped = 0
@@ -111,8 +112,9 @@ class SnapshotSubscriber:
         The folder ``bluesky-ptycho keys`` made, for a back-end with CURVE keys.
     """
 
-    def __init__(self, address: str = address(DEFAULT_HOST, DEFAULT_SNAPSHOT_PORT),
-                 keys: Any = None) -> None:
+    def __init__(
+        self, address: str = address(DEFAULT_HOST, DEFAULT_SNAPSHOT_PORT), keys: Any = None
+    ) -> None:
         self.address = address
         self.received = 0
         self.malformed = 0
@@ -125,8 +127,9 @@ class SnapshotSubscriber:
         self._sock.maxmsgsize = 4 * MAX_MESSAGE_BYTES
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         self._sock.connect(address)
-        self._thread = threading.Thread(target=self._receive, name="snapshot-subscriber",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._receive, name="snapshot-subscriber", daemon=True
+        )
         self._thread.start()
 
     def subscribe(self, callback: Callable[[str, dict], Any]) -> None:

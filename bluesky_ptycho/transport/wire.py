@@ -30,10 +30,20 @@ import msgpack
 import numpy as np
 
 VERSION = 1
-DOC_NAMES = frozenset({
-    "start", "descriptor", "event", "event_page", "stop", "resource", "datum", "datum_page",
-    "stream_resource", "stream_datum",
-})
+DOC_NAMES = frozenset(
+    {
+        "start",
+        "descriptor",
+        "event",
+        "event_page",
+        "stop",
+        "resource",
+        "datum",
+        "datum_page",
+        "stream_resource",
+        "stream_datum",
+    }
+)
 #: Largest message accepted by default: 64 MiB (14 full FCCD frames).
 MAX_MESSAGE_BYTES = 64 * 2**20
 _KINDS = "biufc"  # numbers only: no object arrays, no strings of unbounded size
@@ -71,8 +81,9 @@ def encode(name: str, doc: dict, run: str | None = None) -> list[Any]:
             return [strip(v) for v in value]
         return value
 
-    header = msgpack.packb({"v": VERSION, "name": name, "run": run, "doc": strip(doc)},
-                           default=_plain)
+    header = msgpack.packb(
+        {"v": VERSION, "name": name, "run": run, "doc": strip(doc)}, default=_plain
+    )
     return [header, *buffers]
 
 
@@ -84,8 +95,9 @@ def decode(parts: list[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[str, d
     views = [p.buffer if hasattr(p, "buffer") else memoryview(p) for p in parts]
     total = sum(v.nbytes for v in views)
     if total > max_bytes:
-        raise BadMessage("oversized", f"{total} bytes, the limit is {max_bytes} "
-                         "(serve --max-message-mb)")
+        raise BadMessage(
+            "oversized", f"{total} bytes, the limit is {max_bytes} (serve --max-message-mb)"
+        )
     if not views:
         raise BadMessage("malformed", "an empty message")
     try:
@@ -96,8 +108,12 @@ def decode(parts: list[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[str, d
         raise BadMessage("malformed", f"the header is not a version-{VERSION} document header")
     name, doc, run = header.get("name"), header.get("doc"), header.get("run")
     if name not in DOC_NAMES or not isinstance(doc, dict):
-        raise BadMessage("malformed", f"document name {name!r:.40} is not one of {sorted(DOC_NAMES)}"
-                         if name not in DOC_NAMES else "the document is not a map")
+        raise BadMessage(
+            "malformed",
+            f"document name {name!r:.40} is not one of {sorted(DOC_NAMES)}"
+            if name not in DOC_NAMES
+            else "the document is not a map",
+        )
     if run is not None and not isinstance(run, str):
         raise BadMessage("malformed", "the run uid is not a string")
     used: set[int] = set()

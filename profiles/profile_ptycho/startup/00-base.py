@@ -11,9 +11,9 @@ from bluesky import plans as bp  # noqa: F401
 from bluesky import preprocessors as bpp  # noqa: F401
 from bluesky.utils import PersistentDict
 
-from bluesky_ptycho.catalog import data_dir, log_dir  # noqa: F401
-from bluesky_ptycho.logs import console
-from bluesky_ptycho.plans import ptycho_scan  # noqa: F401
+from bluesky_ptycho.acquisition.plans import ptycho_scan  # noqa: F401
+from bluesky_ptycho.storage.logs import console
+from bluesky_ptycho.storage.paths import data_dir, log_dir  # noqa: F401
 
 console(logging.WARNING)  # stages and the catalog writer warn on the terminal
 RE = RunEngine({})

@@ -1,15 +1,25 @@
 # Pause the scan while the beam is down; resume (re-taking the interrupted point) when it is back.
 from bluesky.suspenders import SuspendFloor
 
-RE.install_suspender(SuspendFloor(
-    ring_current, 200.0, resume_thresh=350.0, sleep=2.0,
-    tripped_message="the ring current is below 200 mA: the scan waits for the beam",
-))
+RE.install_suspender(
+    SuspendFloor(
+        ring_current,
+        200.0,
+        resume_thresh=350.0,
+        sleep=2.0,
+        tripped_message="the ring current is below 200 mA: the scan waits for the beam",
+    )
+)
 
 # Pause while the quality monitor says the beam (or the data) is bad: its verdicts drive the
 # `quality.bad` signal; it opens again once the ring current is back above 350 mA.
-from bluesky_ptycho.feedback import install_quality_suspender
+from bluesky_ptycho.acquisition.feedback import install_quality_suspender
 
 quality, quality_feedback = install_quality_suspender(
-    RE, results, beam=ring_current, beam_ok=350.0, settle=2.0, sleep=1.0,
+    RE,
+    results,
+    beam=ring_current,
+    beam_ok=350.0,
+    settle=2.0,
+    sleep=1.0,
 )

@@ -1,7 +1,9 @@
 _where = f"pipeline {pipeline.spec.source}" if pipeline else f"back-end {publisher.address}"
-print(f"bluesky_ptycho: catalog at {catalog.location}; {_where}; "
-      "RE(ptycho_scan(fccd, stage, shutter, num_points=400, rescan=rescan)); "
-      "live view: `napari` → Plugins → Live ptychography, or live_view()")
+print(
+    f"bluesky_ptycho: catalog at {catalog.location}; {_where}; "
+    "RE(ptycho_scan(fccd, stage, shutter, num_points=400, rescan=rescan)); "
+    "live view: `napari` → Plugins → Live ptychography, or live_view()"
+)
 
 
 def live_view():
@@ -10,7 +12,7 @@ def live_view():
     import matplotlib
     import napari
 
-    from bluesky_ptycho.plugins.napari._widget import LiveView
+    from bluesky_ptycho.viewer.widget import LiveView
 
     matplotlib.use("QtAgg")  # the RunEngine spins Qt's event loop while it waits
     viewer = napari.Viewer()

@@ -1,0 +1,255 @@
+"""Bluesky plans for ptychography. Plans only yield messages; the RunEngine does the I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import numpy as np
+from bluesky import plan_stubs as bps
+from bluesky import preprocessors as bpp
+
+from bluesky_ptycho.core.sim import scan_positions
+
+PATTERNS = ("fermat", "raster")
+
+
+def ptycho_scan(
+    detector: Any,
+    stage: Any,
+    shutter: Any,
+    *,
+    num_points: int = 400,
+    step: float = 100e-9,
+    pattern: str = "fermat",
+    num_darks: int = 25,
+    center: tuple[float, float] = (0.0, 0.0),
+    positions: Sequence[tuple[float, float]] | None = None,
+    energy: float | None = None,
+    rescan: Any = None,
+    rescan_every: int = 0,
+    rescan_rounds: int = 2,
+    rescan_batch: int = 8,
+    rescan_wait: float = 30.0,
+    md: dict | None = None,
+) -> Generator[Any, Any, str]:
+    """Take darks with the shutter closed, then diffraction frames over a scan.
+
+    Streams: ``dark`` (``num_darks`` frames, shutter closed), ``primary``
+    (one frame per scan point, shutter open, with the stage's x and y). The
+    start document carries, under ``"ptycho"``, what the processing stages
+    need: geometry (energy, distance, pixel size), the pattern, the planned
+    positions (m), the numbers of points and darks.
+
+    Parameters
+    ----------
+    detector : SimFCCD (or a real FCCD with the same configuration)
+    stage : SampleStage
+    shutter : Shutter
+    num_points : int
+        Scan points (ignored when *positions* is given).
+    step : float
+        Distance between neighbouring points, in m.
+    pattern : {"fermat", "raster"}
+    num_darks : int
+        Dark frames before the scan (at least 1).
+    center : (float, float)
+        Scan centre (x, y) in m.
+    positions : sequence of (x, y) in m, optional
+        Explicit positions; overrides pattern, num_points and step.
+    energy : float, optional
+        Photon energy in eV; the detector's configured energy when omitted.
+    rescan : RescanPlanner (or any bluesky-adaptive ``Optimizer``), optional
+        Measure again, in this run, the points it suggests
+        (:mod:`bluesky_ptycho.acquisition.rescan`): each round is bluesky-adaptive's
+        ``optimize_step`` with :func:`~bluesky_ptycho.acquisition.rescan.rescan_acquire`.
+        The new frames carry the point's number, so the live reconstruction
+        replaces the bad ones.
+    rescan_every : int
+        Also ask for rescans after every this many points during the scan (0: only after it).
+    rescan_rounds : int
+        Rounds after the planned points (each waits up to *rescan_wait* s for
+        the verdicts on the previous one; ends early when nothing is suggested).
+    rescan_batch : int
+        Points suggested per round at most.
+    rescan_wait : float
+        Seconds a round waits for the pipeline's verdicts.
+    md : dict, optional
+        Extra start-document metadata.
+
+    Raises
+    ------
+    ValueError
+        At call time, before any run opens, for a bad parameter; the message
+        names the parameter, the value and the fix.
+    """
+    pts = _validated_positions(
+        detector, stage, num_points, step, pattern, num_darks, center, positions, energy
+    )
+    detector.check_configured()
+    g = detector.geometry()
+    e = float(energy) if energy is not None else g.energy_ev
+    ptycho_md = {
+        "energy_ev": e,
+        "distance_m": g.distance_m,
+        "pixel_size_m": g.pixel_size_m,
+        "crop_px": g.crop_px,
+        "frame_px": g.frame_px,
+        "adu_per_photon": float(detector.adu_per_photon.get()),
+        "acquire_time_s": float(detector.acquire_time.get()),
+        "pattern": "explicit" if positions is not None else pattern,
+        "step_m": float(step),
+        "num_points": len(pts),
+        "num_darks": int(num_darks),
+        "positions_m": pts.tolist(),
+        "detector": detector.name,
+        "image_key": detector.image_key,
+        "x_key": stage.x.name,
+        "y_key": stage.y.name,
+        "point_key": stage.point.name,
+        "zone_plate": detector.sample.zone_plate.as_dict(),
+    }
+    if hasattr(detector, "beamstop"):
+        ptycho_md["beamstop"] = detector.beamstop().as_dict()  # refuses a bad beamstop now
+    _md = {
+        "plan_name": "ptycho_scan",
+        "plan_args": {
+            "num_points": len(pts),
+            "step": step,
+            "pattern": ptycho_md["pattern"],
+            "num_darks": num_darks,
+        },
+        "detectors": [detector.name],
+        "motors": [stage.x.name, stage.y.name],
+        "num_points": len(pts),
+        "num_intervals": len(pts) - 1,
+        "hints": {"dimensions": [([stage.x.name], "primary"), ([stage.y.name], "primary")]},
+        "ptycho": ptycho_md,
+        **(md or {}),
+    }
+    if (
+        not isinstance(rescan_every, int)
+        or rescan_every < 0
+        or rescan_rounds < 0
+        or rescan_batch < 1
+    ):
+        raise ValueError(
+            f"ptycho_scan: rescan_every={rescan_every!r} (>= 0), rescan_rounds={rescan_rounds!r} "
+            f"(>= 0), rescan_batch={rescan_batch!r} (>= 1)"
+        )
+    if rescan is not None and not (
+        callable(getattr(rescan, "suggest", None)) and callable(getattr(rescan, "ingest", None))
+    ):
+        raise ValueError(
+            f"ptycho_scan: rescan={rescan!r} is not an Optimizer (it needs suggest and ingest); "
+            "give a bluesky_ptycho.acquisition.rescan.RescanPlanner subscribed to the pipeline"
+        )
+    rescans = (rescan, rescan_every, rescan_rounds, rescan_batch, float(rescan_wait))
+    return _scan(detector, stage, shutter, pts, int(num_darks), energy, _md, rescans)
+
+
+def _measure(detector, stage, k, x, y):  # type: ignore[no-untyped-def]
+    yield from bps.checkpoint()
+    yield from bps.mv(stage.x, float(x), stage.y, float(y), stage.point, int(k))
+    yield from bps.trigger_and_read([detector, stage.x, stage.y, stage.point], name="primary")
+
+
+def _rescan_round(planner, detector, stage, batch):  # type: ignore[no-untyped-def]
+    """One bluesky-adaptive optimize_step in the open run; the number of points measured."""
+    from bluesky_adaptive.plans import optimize_step
+    from bluesky_adaptive.protocols import OptimizationProblem
+
+    from bluesky_ptycho.acquisition.rescan import rescan_acquire, rescan_outcomes
+
+    problem = OptimizationProblem(
+        optimizer=planner,
+        actuators=[stage.x, stage.y],
+        sensors=[detector],
+        evaluation_function=rescan_outcomes,
+        acquisition_plan=rescan_acquire,
+    )
+    _uid, suggestions, _outcomes = yield from optimize_step(problem, batch, point=stage.point)
+    return len(suggestions)
+
+
+def _wait_settled(planner, seconds):  # type: ignore[no-untyped-def]
+    """Sleep (the RunEngine stays responsive) until the planner has its verdicts."""
+    waited = 0.0
+    while not getattr(planner, "settled", True) and waited < seconds:
+        yield from bps.sleep(0.2)
+        waited += 0.2
+
+
+def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # type: ignore[no-untyped-def]
+    planner, every, rounds, batch, wait = rescans
+
+    @bpp.run_decorator(md=md)
+    def inner():  # type: ignore[no-untyped-def]
+        if energy is not None:
+            yield from bps.mv(detector.energy, float(energy))
+        yield from bps.mv(shutter, "closed")
+        yield from bps.stage(detector)
+        for _ in range(num_darks):
+            yield from bps.trigger_and_read([detector], name="dark")
+        yield from bps.unstage(detector)
+        yield from bps.mv(shutter, "open")
+        yield from bps.stage(detector)
+        for k, (x, y) in enumerate(pts):
+            yield from _measure(detector, stage, k, x, y)
+            if planner is not None and every and (k + 1) % every == 0:
+                yield from _rescan_round(planner, detector, stage, batch)
+        for _ in range(rounds if planner is not None else 0):
+            yield from _wait_settled(planner, wait)
+            if not (yield from _rescan_round(planner, detector, stage, batch)):
+                break
+        yield from bps.unstage(detector)
+        return md
+
+    def cleanup():  # type: ignore[no-untyped-def]
+        yield from bps.mv(shutter, "closed")
+        yield from bps.unstage(detector)
+
+    uid = yield from bpp.finalize_wrapper(inner(), cleanup())
+    return uid
+
+
+def _validated_positions(
+    detector, stage, num_points, step, pattern, num_darks, center, positions, energy
+) -> np.ndarray:  # type: ignore[no-untyped-def]
+    if energy is not None and not (isinstance(energy, int | float) and energy > 0):
+        raise ValueError(f"ptycho_scan: energy={energy!r} must be a positive photon energy in eV")
+    if not isinstance(num_darks, int | np.integer) or num_darks < 1:
+        raise ValueError(
+            f"ptycho_scan: num_darks={num_darks!r} must be an integer >= 1 "
+            "(the cleaning needs dark frames; 25 is usual)"
+        )
+    if positions is not None:
+        pts = np.asarray(positions, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+            raise ValueError(
+                f"ptycho_scan: positions has shape {pts.shape}; give at least one (x, y) pair in m"
+            )
+        if not np.isfinite(pts).all():
+            raise ValueError("ptycho_scan: positions hold NaN or inf; give finite (x, y) in m")
+    else:
+        if not isinstance(num_points, int | np.integer) or num_points < 1:
+            raise ValueError(f"ptycho_scan: num_points={num_points!r} must be an integer >= 1")
+        if not (isinstance(step, int | float) and step > 0):
+            raise ValueError(f"ptycho_scan: step={step!r} must be positive, in m (e.g. 100e-9)")
+        if pattern not in PATTERNS:
+            raise ValueError(
+                f"ptycho_scan: pattern={pattern!r} is not known; use one of {PATTERNS}"
+            )
+        pts = scan_positions(pattern, int(num_points), float(step)) + np.asarray(center, float)
+    for axis, col in ((stage.x, 0), (stage.y, 1)):
+        lo, hi = axis.limits
+        if lo < hi:
+            outside = (pts[:, col] < lo) | (pts[:, col] > hi)
+            if outside.any():
+                k = int(np.flatnonzero(outside)[0])
+                raise ValueError(
+                    f"ptycho_scan: position {k} has {axis.name}={pts[k, col]:.4g} m, outside the "
+                    f"stage limits [{lo:.4g}, {hi:.4g}] m; move the scan centre or shrink "
+                    "num_points/step"
+                )
+    return pts

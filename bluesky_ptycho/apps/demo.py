@@ -1,0 +1,224 @@
+"""The demo: a simulated scan through the real RunEngine with the in-process pipeline.
+
+Also what the tests and the benchmark call, so the README's main command and
+the checks run the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bluesky_ptycho.core.metrics import align_object, illuminated_region, object_error
+from bluesky_ptycho.pipeline.runner import Pipeline
+from bluesky_ptycho.storage.catalog import Catalog
+
+
+@dataclass
+class DemoResult:
+    """Figures of one demo run."""
+
+    uid: str
+    num_points: int
+    num_darks: int
+    scan_seconds: float
+    after_scan_seconds: float
+    iterations: int
+    data_error: float
+    object_error: float
+    flags: dict
+    cxi_path: Path | None
+    figure_path: Path | None
+    documents: list
+    stored: bool = False
+
+
+def run_demo(
+    num_points: int = 400,
+    pattern: str = "fermat",
+    step: float = 100e-9,
+    num_darks: int = 25,
+    device: str | None = None,
+    final_iterations: int | None = None,
+    output: Path | str = Path("out/demo"),
+    progress: bool = True,
+    keep_documents: bool = False,
+    figure: bool = True,
+    pipeline: str | Path | None = None,
+    catalog: Catalog | None = None,
+    log_dir: str | Path | None = None,
+) -> DemoResult:
+    """Run a simulated scan with live reconstruction; write CXI and a PNG under *output*.
+
+    *pipeline* is a pipeline file (the package's default when None; *device*
+    and *final_iterations* override it). With a *catalog*, the raw frames go
+    to its raw folder and every run (raw and derived) is stored in it;
+    without, the frames go to ``<output>/raw``.
+    """
+    from bluesky import RunEngine
+
+    from bluesky_ptycho.acquisition.plans import ptycho_scan
+    from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    params = None
+    if final_iterations is not None:
+        params = {"reconstruction": {"final_iterations": final_iterations}}
+    pipe = Pipeline(pipeline, device=device, output_dir=output, params=params, log_dir=log_dir)
+    RE = RunEngine({})
+    stage = SampleStage(name="stage")
+    shutter = Shutter(name="shutter")
+    raw_dir = catalog.raw_dir if catalog is not None else output / "raw"
+    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
+    if catalog is not None:
+        RE.subscribe(catalog.writer)
+        pipe.subscribe(catalog.writer)
+    docs: list = []
+    if keep_documents:
+        RE.subscribe(lambda n, d: docs.append((n, d)))
+        pipe.subscribe(lambda n, d: docs.append((n, d)))
+    RE.subscribe(pipe)
+    record = _ScanRecord()
+    RE.subscribe(record)
+    bar = _Progress(num_points, pipe) if progress else None
+    if bar is not None:
+        RE.subscribe(bar.raw)
+    plan = ptycho_scan(
+        fccd, stage, shutter, num_points=num_points, step=step, pattern=pattern, num_darks=num_darks
+    )
+    t0 = time.perf_counter()
+    (uid,) = RE(plan)
+    t_scan = time.perf_counter() - t0
+    run = pipe.wait(uid, timeout=600)
+    t_done = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    stored = catalog.writer.flush(timeout=120) if catalog is not None else False
+    r = run.by_stage("reconstruction").result  # type: ignore[attr-defined]
+    if r is None:
+        raise RuntimeError(f"the reconstruction produced no result; stage errors: {run.errors}")
+    truth = fccd.sample.object_on(r.grid)
+    region = illuminated_region(r.illumination, 0.3)
+    err = object_error(r.object, truth, region)
+    fig = _figure(output / "demo.png", r, truth, region, err) if figure else None
+    record.write(output)
+    return DemoResult(
+        uid=uid,
+        num_points=num_points,
+        num_darks=num_darks,
+        scan_seconds=t_scan,
+        after_scan_seconds=t_done - t_scan,
+        iterations=r.iterations,
+        data_error=r.errors[-1],
+        object_error=err,
+        flags=r.flags,
+        cxi_path=run.export.path if run.export else None,
+        figure_path=fig,
+        documents=docs,
+        stored=stored,
+    )
+
+
+class _ScanRecord:
+    """Saves a run's start document and the frame files of its streams as ``scan_<id>.json``.
+
+    What ``bluesky-ptycho raw2cxi --scan`` reads to clean the run again offline.
+    """
+
+    def __init__(self) -> None:
+        self.start: dict | None = None
+        self._streams: dict[str, str] = {}
+        self._uris: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "start":
+            self.start, self._streams, self._uris, self.files = doc, {}, {}, {}
+        elif name == "descriptor":
+            self._streams[doc["uid"]] = doc.get("name", "primary")
+        elif name == "stream_resource":
+            self._uris[doc["uid"]] = doc["uri"]
+        elif name == "stream_datum":
+            stream = self._streams.get(doc["descriptor"], "primary")
+            uri = self._uris.get(doc["stream_resource"], "")
+            self.files.setdefault(stream, uri.removeprefix("file://localhost"))
+
+    def write(self, folder: Path) -> Path | None:
+        if self.start is None:
+            return None
+        import json
+
+        path = folder / f"scan_{self.start.get('scan_id', self.start['uid'][:8])}.json"
+        path.write_text(json.dumps({**self.start, "files": self.files}, indent=1))
+        return path
+
+
+class _Progress:
+    """A tqdm bar over scan points, with the reconstruction's epoch and error."""
+
+    def __init__(self, total: int, pipeline: Pipeline) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="pt", desc="scan", dynamic_ncols=True)
+        self._primary: set[str] = set()
+        self._iteration: set[str] = set()
+        self._post = {"iteration": 0, "error": float("nan")}
+        pipeline.subscribe(self.derived)
+
+    def raw(self, name: str, doc: dict) -> None:
+        if name == "descriptor" and doc.get("name") == "primary":
+            self._primary.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in self._primary:
+            self.bar.update(1)
+
+    def derived(self, name: str, doc: dict) -> None:
+        if name == "descriptor" and doc.get("name") == "iteration":
+            self._iteration.add(doc["uid"])
+        elif name == "event" and doc["descriptor"] in self._iteration:
+            self.bar.set_postfix(
+                iteration=doc["data"]["iteration"],
+                error=f"{doc['data']['data_error']:.3g}",
+                frames=doc["data"]["n_measured"],
+                refresh=False,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _figure(path: Path, r, truth: np.ndarray, region: np.ndarray, err: float) -> Path:  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    obj = align_object(r.object, truth, region).aligned
+    c = np.vdot(obj[region], truth[region])
+    obj = obj * (c / abs(c))  # shift, phase ramp and global phase removed, as in the error
+    ys, xs = np.nonzero(region)
+    crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    fig, ax = plt.subplots(2, 3, figsize=(13, 8.5), constrained_layout=True)
+    panels = [
+        (np.angle(obj[crop]), "object phase (rad)", "twilight"),
+        (np.abs(obj[crop]) / np.median(np.abs(obj[region])), "object amplitude (rel.)", "gray"),
+        (np.abs(r.probe[0]), "probe amplitude (first mode)", "magma"),
+        (np.angle(truth[crop]), "true phase (rad)", "twilight"),
+        (np.abs(truth[crop]), "true amplitude", "gray"),
+    ]
+    for a, (img, title, cmap) in zip(ax.flat, panels, strict=False):
+        im = a.imshow(img, cmap=cmap)
+        a.set_title(title)
+        a.axis("off")
+        fig.colorbar(im, ax=a, shrink=0.8)
+    a = ax[1, 2]
+    a.semilogy(np.arange(1, len(r.errors) + 1), r.errors)
+    a.set_xlabel("iteration")
+    a.set_ylabel("data error")
+    a.set_title(f"object error {err:.3f}")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

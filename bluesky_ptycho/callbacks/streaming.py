@@ -1,0 +1,266 @@
+"""Reconstruction that runs while frames arrive: a solver iterated by a background thread.
+
+:class:`StreamingReconstruction` owns a :class:`~.solvers.Solver` and a
+worker thread. Any thread hands it frames (:meth:`add_frames`), flags
+(:meth:`flag`) and new points (:meth:`add_points`); they are queued and
+applied between iterations, so the solver is never touched by two threads.
+The worker iterates as long as there are frames, publishes a
+:class:`Snapshot` after the first iteration that ends ``snapshot_interval``
+seconds or more after the last one (a frame is in the live image at most
+one interval plus one iteration after it arrived), and, once
+:meth:`finish` says no more frames come, runs ``final_iterations`` more and
+publishes the final snapshot. Callbacks run on the worker thread.
+
+NumPy's FFTs and array loops release the GIL, so on CPU the worker runs
+beside the thread that receives frames; on CuPy it only queues kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bluesky_ptycho.core.arrays import to_numpy
+from bluesky_ptycho.core.solvers import Solver
+
+log = logging.getLogger("bluesky_ptycho.callbacks.streaming")
+
+
+@dataclass
+class Snapshot:
+    """The reconstruction at one moment (host arrays).
+
+    Attributes
+    ----------
+    object : (Y, X) complex64
+    probe : (M, H, W) complex64
+    iteration : int
+        Iterations done.
+    n_measured : int
+        Frames in use.
+    newest : int
+        Frames received so far (the newest frame this snapshot includes is
+        the ``newest``-th to arrive).
+    data_error : float
+        Data error of the last iteration (NaN before the first).
+    errors : list of float
+        Data error of every iteration so far.
+    elapsed : float
+        Seconds since the reconstruction started.
+    final : bool
+        True for the last snapshot, after the final iterations.
+    origin_shift : (int, int)
+        Rows and columns the object array grew by at its top and left.
+    positions : (N, 2) float64
+        View corners (refined, when position refinement is on).
+    frame_errors : (N,) float64
+        Each frame's data error against this model (NaN: not measured).
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    iteration: int
+    n_measured: int
+    newest: int
+    data_error: float
+    errors: list[float]
+    elapsed: float
+    final: bool
+    origin_shift: tuple[int, int] = (0, 0)
+    positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    frame_errors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+class StreamingReconstruction:
+    """Iterate *solver* in a background thread while frames arrive (module docstring).
+
+    Parameters
+    ----------
+    solver : Solver
+        Allocated for the whole scan.
+    snapshot_interval : float
+        Seconds between snapshots while iterating (> 0).
+    final_iterations : int
+        Iterations after :meth:`finish` (>= 0).
+    min_frames : int
+        Frames needed before the first iteration (all of them if the scan
+        has fewer).
+    max_live_iterations : int
+        Cap on iterations before :meth:`finish` (0: none).
+    on_snapshot : callable(Snapshot), optional
+    on_iteration : callable(iteration, data_error, n_measured), optional
+    on_error : callable(exception), optional
+        Called if the solver fails (the error is also raised by :meth:`wait`).
+    """
+
+    def __init__(
+        self,
+        solver: Solver,
+        snapshot_interval: float = 1.0,
+        final_iterations: int = 40,
+        min_frames: int = 16,
+        max_live_iterations: int = 0,
+        on_snapshot: Callable[[Snapshot], Any] | None = None,
+        on_iteration: Callable[[int, float, int], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        if not snapshot_interval > 0:
+            raise ValueError(f"snapshot_interval={snapshot_interval} must be positive (seconds)")
+        if final_iterations < 0:
+            raise ValueError(f"final_iterations={final_iterations} must be >= 0")
+        if min_frames < 1:
+            raise ValueError(f"min_frames={min_frames} must be >= 1")
+        self.solver = solver
+        self.snapshot_interval = float(snapshot_interval)
+        self.final_iterations = int(final_iterations)
+        self.min_frames = int(min_frames)
+        self.max_live_iterations = int(max_live_iterations)
+        self.on_snapshot = on_snapshot
+        self.on_iteration = on_iteration
+        self.on_error = on_error
+        self._inbox: queue.Queue = queue.Queue()
+        self._wake = threading.Event()
+        self._finished = False
+        self._abort = False
+        self._received = 0
+        self.final: Snapshot | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._t0 = time.monotonic()
+        self._last_snapshot = -np.inf
+        self._thread = threading.Thread(
+            target=self._run, name="streaming-reconstruction", daemon=True
+        )
+        self._thread.start()
+
+    # -- any thread -------------------------------------------------------------
+    def add_frames(self, indices: Any, intensities: Any, positions: Any = None) -> None:
+        """Queue frames for the solver (see :meth:`Solver.add_frames`)."""
+        self._put(("frames", (indices, intensities, positions)))
+
+    def flag(self, indices: Any) -> None:
+        """Queue zero weight for frames (bad, or to be re-measured)."""
+        self._put(("flag", indices))
+
+    def add_points(self, positions: Any, reply: Callable[[np.ndarray], Any] | None = None) -> None:
+        """Queue new scan points; *reply(indices)* is called with their indices once added."""
+        self._put(("points", (positions, reply)))
+
+    def finish(self) -> None:
+        """No more frames: run the final iterations, publish the final snapshot, stop."""
+        self._put(("finish", None))
+
+    def abort(self) -> None:
+        """Stop after the current iteration, without the final iterations."""
+        self._abort = True
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> Snapshot | None:
+        """Wait for the end; return the final snapshot (None on timeout or abort).
+
+        Raises the worker's error if it failed.
+        """
+        self.done.wait(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.final
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        if self.done.is_set():
+            raise RuntimeError("the streaming reconstruction has ended: start a new one")
+        self._inbox.put(item)
+        self._wake.set()
+
+    # -- the worker ---------------------------------------------------------------
+    def _drain(self) -> None:
+        s = self.solver
+        while True:
+            try:
+                kind, arg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "frames":
+                idx, data, pos = arg
+                s.add_frames(idx, data, pos)
+                self._received += len(np.atleast_1d(to_numpy(idx)))
+            elif kind == "flag":
+                s.flag(arg)
+            elif kind == "points":
+                positions, reply = arg
+                new = s.add_points(positions)
+                if reply is not None:
+                    reply(new)
+            elif kind == "finish":
+                self._finished = True
+
+    def _ready(self) -> bool:
+        s = self.solver
+        if s.n_measured == 0:
+            return False
+        if not self._finished and s.n_measured < min(self.min_frames, len(s.weights)):
+            return False
+        if not self._finished and self.max_live_iterations:
+            return s.iteration < self.max_live_iterations
+        return True
+
+    def _run(self) -> None:
+        after = 0
+        try:
+            while not self._abort:
+                self._drain()
+                if self._finished and (
+                    after >= self.final_iterations or self.solver.n_measured == 0
+                ):
+                    break
+                if not self._ready():
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                err = self.solver.iterate(1)
+                if self._finished:
+                    after += 1
+                if err and self.on_iteration is not None:
+                    self.on_iteration(self.solver.iteration, err[0], self.solver.n_measured)
+                if time.monotonic() - self._last_snapshot >= self.snapshot_interval:
+                    self._publish(final=False)
+            if not self._abort:
+                self.final = self._publish(final=True)
+        except BaseException as err:  # reported to wait() and logged, never lost
+            self.error = err
+            log.exception("streaming reconstruction failed")
+            if self.on_error is not None:
+                self.on_error(err)
+        finally:
+            self.done.set()
+
+    def snapshot(self, final: bool = False) -> Snapshot:
+        """The current state as host arrays (call from the worker, or after the end)."""
+        s = self.solver
+        return Snapshot(
+            object=to_numpy(s.object).copy(),
+            probe=to_numpy(s.probe).copy(),
+            iteration=s.iteration,
+            n_measured=s.n_measured,
+            newest=self._received,
+            data_error=s.errors[-1] if s.errors else float("nan"),
+            errors=list(s.errors),
+            elapsed=time.monotonic() - self._t0,
+            final=final,
+            origin_shift=s.origin_shift,
+            positions=s.positions.copy(),
+            frame_errors=s.frame_errors() if s.n_measured else np.full(len(s.weights), np.nan),
+        )
+
+    def _publish(self, final: bool) -> Snapshot:
+        self._last_snapshot = time.monotonic()
+        snap = self.snapshot(final)
+        if self.on_snapshot is not None:
+            self.on_snapshot(snap)
+        return snap

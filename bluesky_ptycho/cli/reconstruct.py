@@ -1,0 +1,94 @@
+"""Read frames, translations, geometry and (if present) a probe guess from a CXI file,
+reconstruct, and write the probe to entry_1/image_1/data and the object to
+entry_1/image_2/data (the layout ptychodus reads)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bluesky_ptycho.cli import options
+
+NAME = "reconstruct"
+HELP = "reconstruct a CXI 1.6 ptychography file (probe and object out)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from bluesky_ptycho.core.solvers import ALGORITHMS
+
+    p.add_argument("input", type=Path, help="CXI file to read")
+    p.add_argument("-o", "--output", type=Path, required=True, help="CXI file to write")
+    p.add_argument("--algorithm", default="rpie", choices=ALGORITHMS, help="solver (default rpie)")
+    p.add_argument("--iterations", type=int, default=100, help="iterations (default 100)")
+    p.add_argument("--modes", type=int, default=1, help="incoherent probe modes (default 1)")
+    options.device(p, default="cpu")
+    options.assignments(p, "KEY=VALUE", "batch_size=32")
+    p.add_argument(
+        "--defocus",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="sample distance from the focus in m, for the probe estimated from the mean "
+        "pattern when the file has no probe guess",
+    )
+    p.add_argument(
+        "--mpi",
+        action="store_true",
+        help="split the scan over the MPI ranks (run as mpirun -n K bluesky-ptycho reconstruct "
+        "--mpi ...): k-means regions with overlap, object merged every iteration",
+    )
+    p.add_argument(
+        "--frc",
+        action="store_true",
+        help="also reconstruct the even and odd frames apart and report their FRC",
+    )
+    options.quiet(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bluesky_ptycho.apps.reconstruct import half_data_frc, reconstruct_cxi
+    from bluesky_ptycho.pipeline.assignments import parse_assignments
+
+    settings = parse_assignments(args.set)
+    comm = None
+    if args.mpi:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    lead = comm is None or comm.rank == 0
+    bar = tqdm(
+        total=args.iterations, unit="it", desc=args.algorithm, disable=args.quiet or not lead
+    )
+
+    def progress(iteration: int, error: float) -> None:
+        bar.update(1)
+        bar.set_postfix(error=f"{error:.4g}", refresh=False)
+
+    try:
+        result = reconstruct_cxi(
+            args.input, args.output, args.algorithm, args.iterations, args.modes, args.device,
+            settings, progress, args.defocus, comm,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    if not lead:
+        return 0
+    print(
+        f"{result.algorithm}: {result.iterations} iterations in {result.seconds:.1f} s, "
+        f"data error {result.errors[0]:.4g} → {result.errors[-1]:.4g}; "
+        f"probe from {result.probe_source}; object pixel {result.object_pixel_size_m * 1e9:.3g} nm"
+        + (f"; {result.ranks} MPI ranks" if result.ranks > 1 else "")
+    )
+    print(f"written: {result.output}")
+    if args.frc:
+        f = half_data_frc(
+            args.input, args.algorithm, args.iterations, args.modes, args.device, settings,
+            args.defocus,
+        )  # fmt: skip
+        print(
+            f"FRC of the even and odd halves: half-bit resolution {f.resolution_px:.2f} px "
+            f"({f.resolution_px * result.object_pixel_size_m * 1e9:.3g} nm)"
+        )
+    return 0

@@ -1,0 +1,297 @@
+"""The in-process pipeline: the stages of a pipeline file, wired per run.
+
+:class:`Pipeline` is one callable to subscribe to the RunEngine. It is built
+from a pipeline file (:mod:`bluesky_ptycho.pipeline.files`; the package's default
+when none is given), validated before any scan starts. Its ``RunRouter``
+builds a fresh set of stages for every ptycho run (a start document with
+``"ptycho"`` metadata), connected as the file says, so per-run state lives in
+per-run objects; every stage's output documents also go to
+:meth:`Pipeline.subscribe` callbacks (a catalog writer, a viewer, a progress
+bar).
+
+Stages whose table says ``where = "dask"`` spread over the workers of a
+Dask client (given, or a local cluster the pipeline starts on first use).
+The pipeline answers the control channel's commands: :meth:`Pipeline.status`,
+:meth:`Pipeline.set`, :meth:`Pipeline.abort`, :meth:`Pipeline.clear`,
+:meth:`Pipeline.reset`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from event_model import RunRouter
+
+from bluesky_ptycho.callbacks.export import CxiExport
+from bluesky_ptycho.pipeline.files import RAW, PipelineSpec, load_pipeline
+from bluesky_ptycho.plugins.stage import Callback, Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStages:
+    """The stages built for one run, by their key in the pipeline file."""
+
+    stages: dict[str, Stage]
+    export: CxiExport | None = None
+    #: the stages that read the raw run (its frames): the ones back-pressure watches
+    raw: list[Stage] = field(default_factory=list)
+    log_handler: logging.Handler | None = field(default=None, repr=False)
+
+    def __getitem__(self, key: str) -> Stage:
+        return self.stages[key]
+
+    def by_stage(self, name: str) -> Stage:
+        """The (first) stage of registered name *name*, e.g. ``"reconstruction"``."""
+        for s in self.stages.values():
+            if s.stage_name == name:
+                return s
+        raise KeyError(f"this run's pipeline has no {name!r} stage; it has {list(self.stages)}")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every stage has finished its run; True if they all did in time."""
+        return all(s.join(timeout) for s in self.stages.values())
+
+    @property
+    def errors(self) -> dict[str, list[str]]:
+        """Errors each stage met (empty lists when all went well)."""
+        return {k: list(s.errors) for k, s in self.stages.items()}
+
+    @property
+    def finished(self) -> bool:
+        return all(s.done.is_set() for s in self.stages.values())
+
+
+class Pipeline:
+    """Subscribe to a RunEngine: ``RE.subscribe(Pipeline())``.
+
+    Parameters
+    ----------
+    spec : PipelineSpec or path-like, optional
+        A pipeline file or one already loaded; the package's default when None.
+    device : {"cpu", "gpu"}, optional
+        Overrides the file's ``pipeline.device``.
+    output_dir : path-like, optional
+        Where each run's CXI file goes (``scan_<scan_id>.cxi``) when the file
+        says ``cxi = true``; no file when None.
+    params : dict, optional
+        Parameters to change, by stage key: ``{"reconstruction": {"final_iterations": 10}}``.
+    log_dir : path-like, optional
+        Each run's log goes to a file here (:func:`bluesky_ptycho.storage.logs.run_log_handler`).
+    metadata : dict, optional
+        Added to the start document of every derived run the subscribers see
+        (besides ``pipeline``: the file and parameters that made it).
+    client : distributed.Client, optional
+        Where ``where = "dask"`` stages run; without one, a pipeline that has
+        such stages starts a local cluster now, before any scan
+        (:func:`bluesky_ptycho.pipeline.dask.connect`).
+    max_in_flight : int
+        Frames a distributed stage has out on the workers at most.
+
+    Raises
+    ------
+    PipelineFileError
+        Before any scan, for anything wrong with the file or the parameters.
+    """
+
+    def __init__(
+        self,
+        spec: PipelineSpec | str | Path | None = None,
+        *,
+        device: str | None = None,
+        output_dir: str | Path | None = None,
+        params: dict[str, dict] | None = None,
+        log_dir: str | Path | None = None,
+        metadata: dict | None = None,
+        client: Any = None,
+        max_in_flight: int = 32,
+    ) -> None:
+        if not isinstance(spec, PipelineSpec):
+            spec = load_pipeline(spec)
+        if (device is not None and device != spec.device) or params:
+            spec = spec.changed(device, params)
+        self.spec = spec
+        self._file_spec = spec
+        self.client = client
+        self._own_cluster = False
+        self.max_in_flight = max_in_flight
+        if client is None and any(s.where == "dask" for s in spec.stages.values()):
+            from bluesky_ptycho.pipeline.dask import connect
+
+            self.client = connect()
+            self._own_cluster = True
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.metadata = {"pipeline": spec.to_dict(), **(metadata or {})}
+        self.runs: dict[str, RunStages] = {}
+        self._subscribers: list[Callback] = []
+        self._new_run = threading.Condition()
+        self.router = RunRouter([self._factory])
+
+    def __call__(self, name: str, doc: dict) -> Any:
+        return self.router(name, doc)
+
+    def subscribe(self, callback: Callback) -> None:
+        """Send every document every stage emits to *callback(name, doc)*."""
+        self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callback) -> None:
+        """Stop sending documents to *callback* (a viewer that closes)."""
+        if callback in self._subscribers:
+            self._subscribers.remove(callback)
+
+    def _publish(self, name: str, doc: dict) -> None:
+        if name == "start":
+            doc = {**doc, **self.metadata}
+        for cb in list(self._subscribers):
+            try:  # one failing subscriber (a crashed viewer) must not starve the others
+                cb(name, doc)
+            except Exception:
+                log.exception("pipeline subscriber %r failed on a %s document", cb, name)
+
+    def _factory(self, name: str, start: dict) -> tuple[list, list]:
+        if "ptycho" not in start or "stage" in start:
+            return [], []
+        handler = None
+        if self.log_dir is not None:
+            from bluesky_ptycho.storage.logs import run_log_handler
+
+            handler = run_log_handler(self.log_dir, start)
+        built: dict[str, Stage] = {}
+        raw: list[Stage] = []
+        for key, s in self.spec.stages.items():  # inputs come first
+            stage = s.cls(device=self.spec.device, **s.params)
+            if s.where == "dask":
+                stage.distribute(self.client, self.max_in_flight)  # type: ignore[attr-defined]
+            for source in s.inputs:
+                if source == RAW:
+                    raw.append(stage)
+                else:
+                    built[source].subscribe(stage)
+            stage.subscribe(self._publish)
+            built[key] = stage
+        for stage in built.values():  # loops back: after the graph is built
+            for producer in built.values():
+                if producer is not stage and set(producer.outputs) & set(stage.feedback_inputs):
+                    producer.subscribe(stage)
+        export = None
+        if self.output_dir is not None and self.spec.cxi:
+            export = CxiExport(
+                self.output_dir / f"scan_{start.get('scan_id', start['uid'][:8])}.cxi"
+            )
+            for stage in built.values():
+                stage.subscribe(export)
+        run = RunStages(built, export, log_handler=handler, raw=raw)
+        if handler is not None:
+            threading.Thread(target=self._close_log, args=(run,), daemon=True).start()
+        with self._new_run:
+            self.runs[start["uid"]] = run
+            self._new_run.notify_all()
+        return raw, []
+
+    def close(self) -> None:
+        """Abort what still runs and shut down a Dask cluster the pipeline started."""
+        self.abort("the pipeline was closed")
+        if self._own_cluster and self.client is not None:
+            from bluesky_ptycho.pipeline.dask import shutdown
+
+            shutdown(self.client)
+            self.client = None
+
+    # -- control ---------------------------------------------------------------------
+    def active(self) -> dict[str, RunStages]:
+        """Runs whose stages are still working."""
+        return {uid: r for uid, r in self.runs.items() if not r.finished}
+
+    def backlog(self) -> int:
+        """Backlog of the stages that take raw frames, over the runs in progress."""
+        return sum(s.backlog() for r in self.active().values() for s in r.raw)
+
+    def status(self) -> dict[str, Any]:
+        """Every run's stages: frames in and out, backlog, rate, last error, heartbeat."""
+        return {
+            "time": time.time(),
+            "runs": {
+                uid: {
+                    "finished": r.finished,
+                    "stages": {k: st.status() for k, st in r.stages.items()},
+                }
+                for uid, r in self.runs.items()
+            },
+            "params": {k: s.params for k, s in self.spec.stages.items()},
+            "device": self.spec.device,
+            "workers": _workers(self.client),
+        }
+
+    def set(self, key: str, values: dict[str, Any]) -> dict[str, str]:
+        """Change stage *key*'s parameters: from the next run on, and now where the
+        stage can (its ``live_params``). Returns how each was applied; raises
+        ``PipelineFileError``/``ValueError`` (nothing changed) for a bad one."""
+        self.spec = self.spec.changed(params={key: values})
+        self.metadata["pipeline"] = self.spec.to_dict()
+        applied = {}
+        for name, value in values.items():
+            applied[name] = "from the next run"
+            for run in self.active().values():
+                stage = run.stages.get(key)
+                if stage is not None and name in stage.live_params:
+                    stage.set_live(name, value)
+                    applied[name] = "now, and from the next run"
+        return applied
+
+    def abort(self, reason: str = "aborted by the operator") -> list[str]:
+        """Abort every run in progress; return their uids."""
+        uids = list(self.active())
+        for uid in uids:
+            for stage in self.runs[uid].stages.values():
+                stage.abort(reason)
+        return uids
+
+    def clear(self) -> list[str]:
+        """Forget finished runs (their results and frames); return their uids."""
+        done = [uid for uid, r in self.runs.items() if r.finished]
+        for uid in done:
+            del self.runs[uid]
+        return done
+
+    def reset(self) -> None:
+        """Ready for the next scan as if just started: abort, clear, and undo :meth:`set`."""
+        self.abort("the pipeline was reset")
+        for run in list(self.runs.values()):
+            run.wait(10)
+        self.runs.clear()
+        self.spec = self._file_spec
+        self.metadata["pipeline"] = self.spec.to_dict()
+
+    @staticmethod
+    def _close_log(run: RunStages) -> None:
+        run.wait()
+        from bluesky_ptycho.storage.logs import close_run_log
+
+        close_run_log(run.log_handler)
+
+    def wait(self, uid: str, timeout: float | None = None) -> RunStages:
+        """The stages of run *uid*, once all have finished (or *timeout* has passed)."""
+        run = self.runs[uid]
+        if not run.wait(timeout):
+            raise TimeoutError(f"the pipeline of run {uid} did not finish within {timeout} s")
+        return run
+
+
+def _workers(client: Any) -> dict[str, Any]:
+    if client is None:
+        return {}
+    import os
+
+    try:
+        pids = client.run(os.getpid)  # {worker address: pid}
+        address = client.scheduler.address
+    except Exception as err:  # the scheduler went away: say so in the status
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"scheduler": address, "n": len(pids), "pids": pids}

@@ -1,0 +1,144 @@
+"""Logging: the console, one log file per run, and ``bluesky-ptycho logs --follow``.
+
+Every module logs through ``logging`` under ``bluesky_ptycho`` (stages as
+``bluesky_ptycho.stages.<name>``). :func:`console` shows warnings on the
+terminal; :func:`run_log_handler` sends everything from INFO up, while a
+run's pipeline works, to ``<log dir>/<time>_scan<id>_<uid>.log`` (the
+paper's ``~/.nanosurveyor/streaming/log``; the log dir is
+:func:`bluesky_ptycho.storage.paths.log_dir`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+ROOT = "bluesky_ptycho"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def console(level: int = logging.WARNING) -> logging.Handler:
+    """Show *level* and above from bluesky_ptycho on stderr (once, however often called)."""
+    logger = logging.getLogger(ROOT)
+    for h in logger.handlers:
+        if getattr(h, "_ptycho_console", False):
+            h.setLevel(level)
+            return h
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._ptycho_console = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    return handler
+
+
+def run_log_handler(folder: str | Path, start: dict) -> logging.Handler:
+    """Start the log file of the run whose start document is *start*; returns its handler."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(start.get("time", time.time())))
+    path = folder / f"{stamp}_scan{start.get('scan_id', 0)}_{start['uid'][:8]}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logger = logging.getLogger(ROOT)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.info(
+        "run %s (scan %s, plan %s) started; log %s",
+        start["uid"],
+        start.get("scan_id"),
+        start.get("plan_name"),
+        path,
+    )
+    return handler
+
+
+def close_run_log(handler: logging.Handler | None) -> None:
+    """Finish a run's log file."""
+    if handler is None:
+        return
+    logging.getLogger(ROOT).info("the pipeline has finished this run")
+    logging.getLogger(ROOT).removeHandler(handler)
+    handler.close()
+
+
+def log_files(folder: str | Path) -> list[Path]:
+    """The run log files in *folder*, oldest first."""
+    return sorted(Path(folder).glob("*_scan*_*.log"))
+
+
+def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> Path:
+    """The log of *run*, or the latest when None.
+
+    *run* is a scan id when it is a number (``"37"``); a uid prefix when it is
+    not, when *uid* is True, or when it is all digits but no run has that
+    scan id (a uid may start with eight decimal digits).
+    """
+    files = log_files(folder)
+    if run is not None:
+        run = run.strip().lower()
+        by_scan = [] if uid or not run.isdigit() else [f for f in files if _scan_of(f) == int(run)]
+        files = by_scan or [f for f in files if _uid8_of(f).startswith(run[:8])]
+    if not files:
+        what = f"for run {run!r}" if run else "yet"
+        raise FileNotFoundError(
+            f"no run log {what} in {folder}; runs write one there while their "
+            "pipeline works (set BLUESKY_PTYCHO_LOGS to look elsewhere)"
+        )
+    return files[-1]
+
+
+def _scan_of(path: Path) -> int | None:
+    scan = path.stem.split("_", 2)[1].removeprefix("scan")
+    return int(scan) if scan.isdigit() else None
+
+
+def _uid8_of(path: Path) -> str:
+    return path.stem.split("_", 2)[2]
+
+
+def follow(
+    folder: str | Path,
+    path: Path,
+    out: TextIO = sys.stdout,
+    poll: float = 0.5,
+    stop_after: float | None = None,
+) -> None:
+    """Print *path* and what is added to it; move on to each newer run's log as it appears.
+
+    Runs until interrupted, or for *stop_after* seconds.
+    """
+    t_end = None if stop_after is None else time.monotonic() + stop_after
+    for line in _tail(folder, path, poll):
+        out.write(line)
+        out.flush()
+        if t_end is not None and time.monotonic() > t_end:
+            return
+
+
+def _tail(folder: str | Path, path: Path, poll: float) -> Iterator[str]:
+    f = path.open(encoding="utf-8")
+    yield f"==> {path} <==\n"
+    try:
+        while True:
+            line = f.readline()
+            if line:
+                yield line
+                continue
+            newer = [p for p in log_files(folder) if p.name > path.name]
+            if newer:
+                f.close()
+                path = newer[0]
+                f = path.open(encoding="utf-8")
+                yield f"==> {path} <==\n"
+                continue
+            time.sleep(poll)
+            yield ""
+    finally:
+        f.close()

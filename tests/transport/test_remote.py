@@ -1,0 +1,497 @@
+"""The remote back-end over real sockets: ``bluesky-ptycho serve`` with Dask workers,
+the RunEngine's Publisher, the control channel, faults and security."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from bluesky import RunEngine
+from tiled_serve import TiledServe, free_port
+
+from bluesky_ptycho.acquisition.plans import ptycho_scan
+from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
+from bluesky_ptycho.pipeline.runner import Pipeline
+from bluesky_ptycho.plugins.stage import Stage
+from bluesky_ptycho.transport import address, wire
+from bluesky_ptycho.transport.control import ControlError, request
+from bluesky_ptycho.transport.publisher import Publisher
+from bluesky_ptycho.transport.security import generate_keys
+from bluesky_ptycho.transport.server import Server
+
+PIPELINE = """
+[pipeline]
+device = "cpu"
+cxi = true
+
+[stages.dark_statistics]
+inputs = ["raw"]
+
+[stages.frame_cleaning]
+inputs = ["raw", "dark_statistics"]
+where = "dask"
+params = { batch_size = 4 }
+
+[stages.stxm]
+inputs = ["frame_cleaning"]
+
+[stages.reconstruction]
+inputs = ["frame_cleaning", "stxm"]
+params = { final_iterations = 5, min_frames = 8 }
+
+[stages.quality]
+inputs = ["frame_cleaning", "reconstruction"]
+"""
+
+
+class Backend:
+    """``bluesky-ptycho serve`` in a process of its own, on free ports."""
+
+    def __init__(self, folder: Path, *extra: str, workers: int = 2, ports=None) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        pipeline = folder / "pipeline.toml"
+        pipeline.write_text(PIPELINE)
+        self.port, self.control_port = ports or (free_port(), free_port())
+        self.results = address("127.0.0.1", free_port())
+        self.address = address("127.0.0.1", self.port)
+        self.control = address("127.0.0.1", self.control_port)
+        env = {
+            **os.environ,
+            "BLUESKY_PTYCHO_DATA": str(folder / "data"),
+            "BLUESKY_PTYCHO_LOGS": str(folder / "logs"),
+        }
+        cmd = [
+            str(Path(sys.executable).with_name("bluesky-ptycho")),
+            "serve",
+            str(pipeline),
+            "--port",
+            str(self.port),
+            "--control-port",
+            str(self.control_port),
+            "--snapshot-port",
+            self.results.rpartition(":")[2],
+            "--workers",
+            str(workers),
+            "--max-in-flight",
+            "8",
+            *extra,
+        ]
+        self.log = (folder / "serve.log").open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (folder / "serve.log").read_text()
+            try:
+                request("ping", self.control, timeout=1)
+                return
+            except ControlError:
+                time.sleep(0.3)
+        raise TimeoutError((folder / "serve.log").read_text())
+
+    def status(self) -> dict:
+        return request("status", self.control, timeout=10)["status"]
+
+    def wait_finished(self, uid: str, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.status()["runs"].get(uid)
+            if run is not None and run["finished"]:
+                return run
+            time.sleep(0.5)
+        raise TimeoutError(f"run {uid} not finished: {self.status()}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def log_text(self) -> str:
+        return (self.folder / "serve.log").read_text()
+
+
+def beamline(raw_dir: Path, publisher: Publisher, catalog=None):
+    RE = RunEngine({})
+    stage, shutter = SampleStage(name="stage"), Shutter(name="shutter")
+    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
+    if catalog is not None:
+        RE.subscribe(catalog.writer)
+    RE.subscribe(publisher)
+    return RE, fccd, stage, shutter
+
+
+def cleaned_points(catalog, uid: str) -> list[int]:
+    """The points of the stored cleaned frames, in the order the stage emitted them."""
+    derived = catalog.derived(uid)
+    return [int(p) for p in derived["frame_cleaning"]["cleaned"]["point"].read()]
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    b = Backend(tmp_path_factory.mktemp("backend"))
+    yield b
+    b.stop()
+
+
+@pytest.mark.parametrize("frames", ["file", "inline"])
+def test_a_scan_published_over_zeromq_is_cleaned_on_two_dask_workers_and_reconstructed(
+    backend, tmp_path, frames
+):
+    from bluesky_ptycho.transport.snapshots import SnapshotSubscriber
+    from bluesky_ptycho.viewer.model import LiveModel
+
+    viewer = LiveModel()  # what the napari widget shows, fed by the back-end's PUB socket
+    results = SnapshotSubscriber(backend.results)
+    results.subscribe(viewer)
+    time.sleep(0.5)  # a SUB socket gets what is published after it has connected
+    pub = Publisher(backend.address, frames=frames)
+    RE, fccd, stage, shutter = beamline(tmp_path / "raw", pub)
+    (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=25, step=100e-9, num_darks=5))
+    assert pub.flush(30)
+    run = backend.wait_finished(uid)
+    pub.close()
+    deadline = time.monotonic() + 10
+    while not viewer.take().final and time.monotonic() < deadline:
+        time.sleep(0.1)
+    results.close()
+    shown = viewer.take()
+    assert shown.final and shown.run == uid and shown.object is not None
+    assert len(shown.stxm) == 25 and shown.frame is not None and len(shown.errors) > 0
+    status = backend.status()
+    assert status["workers"]["n"] == 2
+    stages = run["stages"]
+    assert stages["frame_cleaning"]["frames_out"] == 25
+    assert stages["reconstruction"]["state"] == "done"
+    assert all(not s["last_error"] for s in stages.values()), stages
+    assert status["server"].get("malformed", 0) == status["server"].get("oversized", 0) == 0
+    assert (backend.folder / "data" / "cxi" / f"scan_{RE.md.get('scan_id', 1)}.cxi").exists()
+
+
+def test_a_killed_worker_is_replaced_and_every_frame_comes_out_once(tmp_path):
+    """Kill a Dask worker (by pid) mid-scan: the nanny starts another, the lost batch is
+    redone, and the stored cleaned run holds every point exactly once."""
+    from bluesky_ptycho.storage.catalog import Catalog
+
+    b = Backend(tmp_path / "backend")
+    n = 40
+    killed: list[int] = []
+    try:
+        pub = Publisher(b.address)
+        RE, fccd, stage, shutter = beamline(tmp_path / "raw", pub)
+        before = b.status()["workers"]["pids"]
+
+        def kill_when_cleaning() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for run in b.status()["runs"].values():
+                    if not run["finished"] and run["stages"]["frame_cleaning"]["frames_out"] >= 8:
+                        killed.append(sorted(before.values())[0])
+                        os.kill(killed[0], signal.SIGKILL)
+                        return
+                time.sleep(0.1)
+
+        killer = threading.Thread(target=kill_when_cleaning)
+        killer.start()
+        (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=n, step=100e-9, num_darks=3))
+        killer.join()
+        assert killed, "the scan ended before a worker could be killed"
+        run = b.wait_finished(uid)
+        pub.close()
+        assert run["stages"]["frame_cleaning"]["frames_out"] == n
+        assert run["stages"]["reconstruction"]["state"] == "done"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            after = b.status()["workers"]
+            if after.get("n") == 2 and killed[0] not in after["pids"].values():
+                break
+            time.sleep(0.5)
+        assert after["n"] == 2 and killed[0] not in after["pids"].values(), after
+    finally:
+        b.stop()  # SIGTERM: the back-end writes what it holds to its catalog, then exits
+    assert b.proc.returncode == 0, b.log_text()
+    catalog = Catalog(directory=tmp_path / "backend" / "data")
+    try:
+        # each once (none lost, none twice), in scan order although batches finish out of order
+        assert cleaned_points(catalog, uid) == list(range(n))
+        assert bool(catalog.derived(uid)["reconstruction"]["snapshot"]["final"].read()[-1])
+    finally:
+        catalog.close()
+
+
+def test_control_channel_sets_aborts_clears_and_resets(backend, tmp_path):
+    with pytest.raises(ControlError, match="bogus"):
+        request("set", backend.control, stage="reconstruction", params={"bogus": 1})
+    pub = Publisher(backend.address)
+    RE, fccd, stage, shutter = beamline(tmp_path / "raw", pub)
+    seen: dict = {}
+
+    def operator() -> None:  # the RunEngine keeps the main thread; the operator acts meanwhile
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = backend.status()["runs"]
+            active = [u for u, r in runs.items() if not r["finished"]]
+            if active and runs[active[0]]["stages"]["reconstruction"]["frames_in"] > 0:
+                break
+            time.sleep(0.2)
+        seen["active"] = active
+        seen["live"] = request(
+            "set", backend.control, stage="reconstruction", params={"final_iterations": 2}
+        )["applied"]
+        seen["next"] = request(
+            "set", backend.control, stage="reconstruction", params={"algorithm": "dm"}
+        )["applied"]
+        seen["aborted"] = request("abort", backend.control)["aborted"]
+
+    t = threading.Thread(target=operator)
+    t.start()
+    RE(ptycho_scan(fccd, stage, shutter, num_points=60, step=100e-9, num_darks=3))
+    t.join(60)
+    pub.close()
+    assert seen["live"]["final_iterations"] == "now, and from the next run"
+    assert seen["next"]["algorithm"] == "from the next run"
+    assert seen["aborted"] == seen["active"]
+    deadline = time.monotonic() + 30
+    while not backend.status()["runs"][seen["active"][0]]["finished"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    run = backend.status()["runs"][seen["active"][0]]
+    assert {s["state"] for s in run["stages"].values()} == {"aborted"}
+    assert backend.status()["params"]["reconstruction"]["algorithm"] == "dm"
+    assert seen["active"][0] in request("clear", backend.control)["cleared"]
+    request("reset", backend.control)
+    status = backend.status()
+    assert status["runs"] == {} and status["params"]["reconstruction"]["final_iterations"] == 5
+
+
+def test_status_command_prints_the_stages(backend):
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("bluesky-ptycho")),
+            "status",
+            "--control",
+            backend.control,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "documents received" in out.stdout and "dask: 2 worker(s)" in out.stdout
+
+
+# -- security and bad input, on an in-process server ------------------------------------------
+@pytest.fixture
+def local_server(tmp_path):
+    servers = []
+
+    def make(**kwargs) -> Server:
+        pipe = Pipeline(output_dir=None)
+        server = Server(
+            pipe, port=free_port(), control_port=free_port(), snapshot_port=free_port(), **kwargs
+        )
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        servers.append((server, thread, pipe))
+        return server
+
+    yield make
+    for server, thread, pipe in servers:
+        server.stop()
+        thread.join(10)
+        server.close()
+        pipe.close()
+
+
+def test_binding_beyond_localhost_needs_keys():
+    with pytest.raises(ValueError, match=r"needs CURVE keys.*bluesky-ptycho keys"):
+        Server(Pipeline(), host="0.0.0.0", port=free_port(), control_port=free_port())
+
+
+def test_only_clients_with_the_key_are_admitted(local_server, tmp_path):
+    keys = generate_keys(tmp_path / "keys")
+    other = generate_keys(tmp_path / "other")
+    server = local_server(keys=keys)
+    assert request("ping", server.control_address, keys=keys)["ok"]
+    with pytest.raises(ControlError, match="no answer"):
+        request("ping", server.control_address, timeout=1.5)  # no key: no CURVE handshake
+    with pytest.raises(ControlError, match="no answer"):
+        request("ping", server.control_address, keys=other, timeout=1.5)  # not authorized
+    # documents likewise: a publisher without the key gets nothing through
+    stranger = Publisher(server.address)
+    stranger("start", {"uid": "x" * 36, "time": 0.0})
+    friend = Publisher(server.address, keys=keys)
+    friend("start", {"uid": "y" * 36, "time": 0.0})
+    deadline = time.monotonic() + 10
+    while server.counters["received"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert server.counters["received"] == 1
+    stranger.close(0.1)
+    friend.close(1)
+
+
+def test_malformed_and_oversized_messages_are_rejected_and_counted(local_server):
+    server = local_server(max_message_bytes=2**20)
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.linger = 1000
+    sock.connect(server.address)
+    header = msgpack.packb(
+        {
+            "v": 1,
+            "name": "event",
+            "run": "r",
+            "doc": {"uid": "e", "data": {"img": {"__nd__": 0, "dtype": "<u2", "shape": [4, 4]}}},
+        }
+    )
+    bad = [
+        [b"\x00\xff not msgpack"],
+        [msgpack.packb([1, 2, 3])],
+        [msgpack.packb({"v": 99, "name": "start", "doc": {}})],
+        [msgpack.packb({"v": 1, "name": "exec", "doc": {}})],
+        [header, b"12345"],  # 5 bytes for a 4 × 4 uint16 array
+        [header],  # the buffer is missing
+        [
+            msgpack.packb(
+                {
+                    "v": 1,
+                    "name": "event",
+                    "run": "r",
+                    "doc": {"uid": "o", "data": {"x": {"__nd__": 0, "dtype": "|O", "shape": [1]}}},
+                }
+            ),
+            b"\0" * 8,
+        ],
+    ]
+    for parts in bad:
+        sock.send_multipart(parts)
+    sock.send_multipart(
+        wire.encode(
+            "event", {"uid": "big", "data": {"img": np.zeros((1024, 1024), np.uint16)}}, run="r"
+        )
+    )
+    good = wire.encode("start", {"uid": "s" * 36, "time": 0.0, "scan_id": 1})
+    sock.send_multipart(good)
+    deadline = time.monotonic() + 10
+    while server.counters["received"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.counters["malformed"] == len(bad)
+    assert server.counters["oversized"] == 1
+    assert server.counters["received"] == 1  # and the server goes on
+    assert request("ping", server.control_address)["ok"]
+    sock.close()
+
+
+def test_documents_of_a_run_never_started_are_set_aside(local_server):
+    """A back-end restarted without a catalog cannot pick up a run in progress: it says so
+    once and counts that run's documents, and takes the next run normally."""
+    server = local_server()
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.linger = 1000
+    sock.connect(server.address)
+    for i in range(3):
+        sock.send_multipart(
+            wire.encode(
+                "event",
+                {"uid": f"e{i}", "descriptor": "d", "seq_num": i + 1, "data": {}},
+                run="lost-run",
+            )
+        )
+    sock.send_multipart(wire.encode("start", {"uid": "s" * 36, "time": 0.0}))
+    deadline = time.monotonic() + 10
+    while server.counters["received"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.counters["orphan_runs"] == 1 and server.counters["orphan_documents"] == 3
+    assert server.counters["pipeline_errors"] == 0
+    sock.close()
+
+
+def test_wire_round_trip_keeps_arrays_without_copies():
+    frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    parts = wire.encode("event", {"uid": "u", "data": {"img": frame, "x": 1.5}}, run="r")
+    assert len(parts) == 2 and parts[1].obj is frame  # the frame's own memory goes out
+    name, doc, run = wire.decode(parts)
+    assert (name, run) == ("event", "r")
+    assert np.array_equal(doc["data"]["img"], frame) and doc["data"]["x"] == 1.5
+
+
+# -- restart: the back-end resumes from the stored documents -----------------------------------
+def test_a_backend_restarted_mid_scan_resumes_from_the_stored_documents(tmp_path):
+    from bluesky_ptycho.storage.catalog import Catalog
+
+    tiled = TiledServe(tmp_path / "tiled").start()
+    catalog = Catalog(tiled.uri, api_key=tiled.api_key)
+    extra = ("--catalog", tiled.uri, "--api-key", tiled.api_key)
+    b = Backend(tmp_path / "backend", *extra)
+    ports = (b.port, b.control_port)
+    try:
+        pub = Publisher(b.address)
+        RE, fccd, stage, shutter = beamline(tiled.read, pub, catalog)
+        n = 40
+        restarted = []
+
+        def restart() -> None:
+            nonlocal b
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                runs = b.status()["runs"]
+                if any(r["stages"]["frame_cleaning"]["frames_out"] >= 10 for r in runs.values()):
+                    break
+                time.sleep(0.1)
+            b.stop(kill=True)
+            b = Backend(tmp_path / "backend2", *extra, ports=ports)
+            restarted.append(b)
+
+        t = threading.Thread(target=restart)
+        t.start()
+        (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=n, step=100e-9, num_darks=3))
+        t.join(180)
+        assert restarted
+        run = b.wait_finished(uid)
+        pub.close()
+        assert b.status()["server"]["resumed_runs"] == 1
+        assert run["stages"]["frame_cleaning"]["frames_out"] == n
+        assert run["stages"]["reconstruction"]["state"] == "done"
+    finally:
+        b.stop()
+        catalog.close()
+        tiled.stop()
+
+
+# -- a slow stage grows its own backlog, nothing upstream -------------------------------------
+class SlowSink(Stage):
+    """A consumer that takes 50 ms for every document it is given."""
+
+    stage_name = "slow_sink"
+
+    def event_page(self, doc: dict) -> None:
+        time.sleep(0.05 * len(doc["seq_num"]))
+
+
+def test_a_slow_stage_slows_nothing_upstream_but_its_own_backlog(tmp_path):
+    pipe = Pipeline(params={"reconstruction": {"final_iterations": 1}})
+    slow = SlowSink()
+    pipe.subscribe(slow)  # every document of every stage also goes to the slow one
+    RE, fccd, stage, shutter = beamline(tmp_path / "raw", pipe)
+    (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=30, step=100e-9, num_darks=3))
+    run = pipe.wait(uid, timeout=120)
+    # every stage of the pipeline is done while the slow one is still working through
+    # what they sent it
+    assert run.by_stage("frame_cleaning").frames_out == 30
+    assert slow.backlog() > 30, slow.status()
+    slow.close()
+    assert slow.join(60)
+    assert slow.backlog() == 0

@@ -1,0 +1,312 @@
+"""The napari plugin, headless (Xvfb + Mesa: see ../shared/HEADLESS.md; `make test` starts it).
+
+The RunEngine runs in the main thread, as in the operator's session; its
+default during-task spins the Qt event loop while it waits (matplotlib's Qt
+backend is selected), so the widget redraws while the scan runs.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+if not os.environ.get("DISPLAY") and os.environ.get("QT_QPA_PLATFORM") != "xcb":
+    pytest.skip(
+        "napari needs a display with OpenGL: run under xvfb-run (make test does; "
+        ".ci/run installs the packages)",
+        allow_module_level=True,
+    )
+
+from bluesky import RunEngine
+
+from bluesky_ptycho.acquisition.plans import ptycho_scan
+from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
+from bluesky_ptycho.pipeline.runner import Pipeline
+from bluesky_ptycho.viewer import widget as _widget
+from bluesky_ptycho.viewer.reader import get_reader
+from bluesky_ptycho.viewer.simulate import SimulateWidget
+from bluesky_ptycho.viewer.widget import LiveView
+
+N = 49
+#: the README's screenshot is refreshed by `BLUESKY_PTYCHO_SCREENSHOT=docs/images make test`
+SCREENSHOT_DIR = os.environ.get("BLUESKY_PTYCHO_SCREENSHOT")
+
+
+@pytest.fixture(autouse=True)
+def _qt_during_task():
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("QtAgg")
+    yield
+    matplotlib.use(backend)
+
+
+def _beamline(tmp_path, **params):
+    RE = RunEngine({})
+    stage, shutter = SampleStage(name="stage"), Shutter(name="shutter")
+    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=tmp_path, defects=None)
+    pipe = Pipeline(
+        params={
+            "reconstruction": {"final_iterations": 20, "snapshot_interval": 0.3},
+            "frame_cleaning": {"batch_size": 4},
+            **params,
+        }
+    )
+    RE.subscribe(pipe)
+    return RE, fccd, stage, shutter, pipe
+
+
+def _record_refreshes(widget, monkeypatch, during):
+    """Call *during(state)* after every redraw the widget does."""
+    seen = []
+    original = widget.refresh
+
+    def refresh():
+        original()
+        st = widget.model.take()
+        seen.append(st)
+        during(st)
+
+    monkeypatch.setattr(widget, "refresh", refresh)
+    widget._timer.timeout.disconnect()
+    widget._timer.timeout.connect(widget.refresh)
+    return seen
+
+
+@pytest.mark.slow
+def test_layers_appear_and_update_while_the_scan_runs(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    viewer = make_napari_viewer()
+    RE, fccd, stage, shutter, pipe = _beamline(tmp_path)
+    fccd.faults = {10: "corrupt"}
+    widget = LiveView(viewer, pipeline=pipe, rate=10)
+    viewer.window.add_dock_widget(widget, name="Live ptychography")
+    scanning = {"on": False}
+    RE.subscribe(lambda n, d: scanning.update(on=n != "stop"))
+    shots = []
+
+    def during(st):
+        if scanning["on"] and st.n_measured >= N // 2 and not shots:
+            shot = tmp_path / "live_view.png"
+            from imageio.v3 import imwrite
+
+            imwrite(shot, viewer.screenshot(canvas_only=False, flash=False))
+            shots.append((shot, st.n_measured))
+
+    seen = _record_refreshes(widget, monkeypatch, during)
+    (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=N, num_darks=5, step=100e-9))
+    pipe.wait(uid, timeout=120)
+    qtbot.waitUntil(lambda: widget.model.take().final, timeout=20000)
+    widget.refresh()
+
+    names = {layer.name for layer in viewer.layers}
+    assert {
+        _widget.OBJECT_PHASE,
+        _widget.OBJECT_AMPLITUDE,
+        _widget.STXM,
+        _widget.PROBE,
+        _widget.FRAME,
+        _widget.BAD,
+    } <= names
+    # the object was redrawn several times while frames were still coming in
+    live = sorted({st.n_measured for st in seen if st.object is not None and not st.final})
+    assert len(live) >= 2 and live[0] < N, live
+    result = pipe.runs[uid]["reconstruction"].result
+    assert viewer.layers[_widget.OBJECT_PHASE].data.shape == result.object.shape
+    assert viewer.layers[_widget.PROBE].data.ndim == 3
+    assert len(widget.curve.get_xdata()) >= 20
+    log = widget.log_view.toPlainText()
+    assert "point 10 bad" in log and "final image" in log
+    # the screenshot taken mid-scan
+    assert shots and shots[0][0].stat().st_size > 10_000
+    if SCREENSHOT_DIR:
+        Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shots[0][0], Path(SCREENSHOT_DIR) / "live_view.png")
+    widget.close_view()
+    pipe.close()
+
+
+def test_controls_set_parameters_refuse_bad_ones_and_reset(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    pipe = Pipeline()
+    widget = LiveView(viewer, pipeline=pipe)
+    widget.param.setText("reconstruction.final_iterations=7")
+    widget.apply_button.click()
+    assert pipe.spec.stages["reconstruction"].params["final_iterations"] == 7
+    widget.param.setText("reconstruction.final_iteratoins=7")
+    widget.apply_button.click()
+    widget.reset_button.click()
+    assert pipe.spec.stages["reconstruction"].params["final_iterations"] == 40
+    widget.status_button.click()
+    log = widget.model.take().log
+    assert "reconstruction.final_iterations: from the next run" in log[0]
+    assert "refused" in log[1] and "final_iteratoins" in log[1]
+    assert "pipeline reset" in log[2]
+    assert "in-process" in log[3]
+    widget.close_view()
+    pipe.close()
+
+
+@pytest.mark.slow
+def test_abort_button_stops_the_pipeline_and_the_scan_goes_on(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    viewer = make_napari_viewer()
+    RE, fccd, stage, shutter, pipe = _beamline(tmp_path)
+    widget = LiveView(viewer, pipeline=pipe, rate=10)
+    clicked = []
+
+    def during(st):
+        if st.n_measured >= 16 and not clicked:
+            clicked.append(st.n_measured)
+            widget.abort_button.click()
+
+    _record_refreshes(widget, monkeypatch, during)
+    docs = []
+    RE.subscribe(lambda n, d: docs.append(n))
+    (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=N, num_darks=5))
+    assert clicked
+    assert docs.count("event") == N + 5  # the scan itself was not touched
+    run = pipe.runs[uid]
+    assert run.wait(30)
+    assert run["reconstruction"].status()["state"] == "aborted"
+    assert any("aborted 1 run(s)" in line for line in widget.model.take().log)
+    pipe.close()
+
+
+@pytest.mark.slow
+def test_a_closed_or_crashing_viewer_never_disturbs_the_scan_or_the_pipeline(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    viewer = make_napari_viewer()
+    RE, fccd, stage, shutter, pipe = _beamline(tmp_path)
+    crashing = LiveView(viewer, pipeline=pipe, rate=10)
+    closing = LiveView(viewer, pipeline=pipe, rate=10)
+    viewer.window.add_dock_widget(closing)
+    after = []
+    pipe.subscribe(lambda n, d: after.append(n))  # subscribed after both viewers
+
+    def boom():
+        raise RuntimeError("the viewer crashed")
+
+    crashing.model.on_change = boom  # every document it gets raises in the pipeline's thread
+    closed = []
+
+    def during(st):
+        if st.n_measured >= 10 and not closed:
+            viewer.window.remove_dock_widget(closing)
+            closing.close()
+            closed.append(st.n_measured)
+
+    _record_refreshes(closing, monkeypatch, during)
+    (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=N, num_darks=5))
+    run = pipe.wait(uid, timeout=120)
+    assert closed
+    assert all(not e for e in run.errors.values()), run.errors
+    assert run["reconstruction"].result is not None
+    assert run["reconstruction"].result.weights.sum() == N
+    # the subscriber after the crashing viewer got every document (6 derived runs' starts)
+    assert after.count("start") == 5 and after.count("stop") == 5
+    assert closing.model not in pipe._subscribers and closing.model.on_change is None
+    pipe.close()
+
+
+def test_reader_opens_our_cxi_ptychodus_and_ptypy_files(tmp_path):
+    from bluesky_ptycho.io.cxi import CxiData, write_cxi
+
+    rng = np.random.default_rng(0)
+    obj = np.exp(1j * rng.uniform(-1, 1, (80, 90))).astype(np.complex64)
+    probe = (rng.normal(size=(32, 32)) + 1j).astype(np.complex64)
+    frames = rng.poisson(5, (4, 32, 32)).astype(np.float32)
+    cxi = write_cxi(
+        tmp_path / "scan.cxi",
+        CxiData(
+            frames=frames,
+            translations_m=np.zeros((4, 3)),
+            energy_ev=800.0,
+            distance_m=0.08,
+            pixel_size_m=(30e-6, 30e-6),
+            probe=probe,
+            object=obj,
+            object_pixel_size_m=7e-9,
+        ),
+    )
+    layers = get_reader(str(cxi))(str(cxi))
+    by_name = {meta["name"]: (data, meta) for data, meta, _ in layers}
+    assert np.allclose(by_name["scan object phase"][0], np.angle(obj))
+    assert by_name["scan object phase"][1]["scale"] == pytest.approx((7, 7))
+    assert by_name["scan probe modes"][0].shape == (1, 32, 32)
+    assert by_name["scan frames (log)"][0].shape == (4, 32, 32)
+
+    with h5py.File(tmp_path / "product.h5", "w") as f:  # ptychodus' product layout
+        f.create_dataset("object", data=obj[None])
+        f["object"].attrs["pixel_height_m"] = 5e-9
+        f.create_dataset("probe", data=np.stack([probe, probe / 2]))
+        f.create_dataset("probe_position_x_m", data=np.zeros(4))
+    layers = get_reader(str(tmp_path / "product.h5"))(str(tmp_path / "product.h5"))
+    assert {m["name"] for _, m, _ in layers} == {
+        "product object phase",
+        "product object amplitude",
+        "product probe modes",
+    }
+    assert layers[0][1]["scale"] == pytest.approx((5, 5)) and layers[2][0].shape == (2, 32, 32)
+
+    with h5py.File(tmp_path / "recon.ptyr", "w") as f:  # ptypy's result layout
+        f.create_dataset("content/obj/S00G00/data", data=obj[None])
+        f.create_dataset("content/obj/S00G00/_psize", data=np.array([6e-9, 6e-9]))
+        f.create_dataset("content/probe/S00G00/data", data=probe[None])
+    layers = get_reader(str(tmp_path / "recon.ptyr"))(str(tmp_path / "recon.ptyr"))
+    assert np.allclose(layers[1][0], np.abs(obj)) and layers[0][1]["scale"] == pytest.approx((6, 6))
+
+    (tmp_path / "other.h5").write_bytes(b"")  # not HDF5: not ours
+    assert get_reader(str(tmp_path / "other.h5")) is None
+    with h5py.File(tmp_path / "unrelated.h5", "w") as f:
+        f.create_dataset("x", data=[1])
+    assert get_reader(str(tmp_path / "unrelated.h5")) is None
+
+
+def test_napari_opens_a_cxi_file_through_the_plugin(make_napari_viewer, tmp_path):
+    from bluesky_ptycho.io.cxi import CxiData, write_cxi
+
+    obj = np.exp(1j * np.linspace(-1, 1, 64 * 64).reshape(64, 64)).astype(np.complex64)
+    path = write_cxi(
+        tmp_path / "scan.cxi",
+        CxiData(
+            frames=np.ones((2, 16, 16), np.float32),
+            translations_m=np.zeros((2, 3)),
+            energy_ev=800.0,
+            distance_m=0.08,
+            pixel_size_m=(30e-6, 30e-6),
+            object=obj,
+            object_pixel_size_m=7e-9,
+        ),
+    )
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="bluesky_ptycho")
+    assert "scan object phase" in viewer.layers
+
+
+def test_simulate_widget_makes_and_reconstructs_an_experiment_from_an_image(
+    make_napari_viewer, qtbot
+):
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:200, :200]
+    sem = ((np.sin(xx / 9.0) * np.cos(yy / 13.0)) > 0.2).astype(np.float32)  # a test picture
+    viewer.add_image(sem, name="SEM")
+    widget = SimulateWidget(viewer)
+    assert widget.layer.currentText() == "SEM"
+    widget.n_side.setValue(6)
+    widget.iterations.setValue(10)
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+    qtbot.waitUntil(lambda: "reconstruction phase" in viewer.layers, timeout=5000)
+    assert "simulated sample phase" in viewer.layers and "written to" in widget.message.text()
+    path = Path(widget.message.text().rsplit("written to ", 1)[1])
+    assert get_reader(str(path)) is not None
