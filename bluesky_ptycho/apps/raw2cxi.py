@@ -39,6 +39,8 @@ class Raw2CxiResult:
     flags: dict[int, str] = field(default_factory=dict)
     center: tuple[float, float] | None = None
     seconds: float = 0.0
+    #: frames written at their planned position (no stage readback was recorded for them)
+    n_planned_positions: int = 0
 
     @property
     def frames_per_second(self) -> float:
@@ -151,13 +153,13 @@ def raw_to_cxi(
         beamstop=Beamstop.from_dict(md.get("beamstop")),
     )
     s = replace(base, **(settings or {}))
-    positions = np.asarray(md["positions_m"], np.float64)
     data = _dataset(Path(frames_path), "frames")
     n = data.shape[0]
-    if len(positions) < n:
-        raise ValueError(
-            f"{frames_path} holds {n} frames but the metadata give {len(positions)} positions"
-        )
+    try:
+        positions, n_planned = frame_positions(md, n)
+    except ValueError as err:
+        data.file.close()
+        raise ValueError(f"{frames_path}: {err}") from None
     dark = None
     n_darks = 0
     if darks_path is not None:
@@ -224,4 +226,41 @@ def raw_to_cxi(
             illumination=illumination,
         ),
     )
-    return Raw2CxiResult(path, n, len(kept), n_darks, flags, pre.center, time.perf_counter() - t0)
+    return Raw2CxiResult(
+        path,
+        n,
+        len(kept),
+        n_darks,
+        flags,
+        pre.center,
+        time.perf_counter() - t0,
+        int(np.isin(points, np.flatnonzero(n_planned)).sum()),
+    )
+
+
+def frame_positions(md: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (n, 2) in m of the file's *n* frames, a mask of those that are planned).
+
+    The stage's readbacks recorded with each frame (``measured_positions_m``, in
+    frame order, NaN where none was recorded) are used; a frame without one
+    falls back to its planned position (``positions_m``).
+    """
+    planned = np.asarray(md.get("positions_m", []), np.float64).reshape(-1, 2)
+    measured = md.get("measured_positions_m")
+    pos = np.full((n, 2), np.nan)
+    k = min(n, len(planned))
+    pos[:k] = planned[:k]
+    fallback = np.ones(n, bool)
+    if measured is not None:
+        m = np.asarray(measured, np.float64).reshape(-1, 2)[:n]
+        ok = np.isfinite(m).all(axis=1)
+        pos[: len(m)][ok] = m[ok]
+        fallback[: len(m)][ok] = False
+    missing = ~np.isfinite(pos).all(axis=1)
+    if missing.any():
+        raise ValueError(
+            f"frame {int(np.flatnonzero(missing)[0])} of {n} has neither a recorded stage "
+            f"readback nor a planned position (the metadata plan {len(planned)} points and "
+            f"record {0 if measured is None else len(measured)} readbacks)"
+        )
+    return pos, fallback
