@@ -1,32 +1,33 @@
 """Bluesky plans for ptychography. Plans only yield messages; the RunEngine does the I/O."""
 
-from __future__ import annotations
-
-from collections.abc import Generator, Sequence
+import logging
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.protocols import Movable, Readable
 
 from bluesky_ptycho.core.sim import scan_positions
 from bluesky_ptycho.devices.connect import require_connected
 from bluesky_ptycho.devices.stage import axis_scale_m, axis_units
 
 PATTERNS = ("fermat", "raster")
+log = logging.getLogger(__name__)
 
 
 def ptycho_scan(
-    detector: Any,
-    stage: Any,
-    shutter: Any,
+    detector: Readable,
+    stage: Readable,
+    shutter: Movable,
     *,
     num_points: int = 400,
     step: float = 100e-9,
     pattern: str = "fermat",
     num_darks: int = 25,
     center: tuple[float, float] = (0.0, 0.0),
-    positions: Sequence[tuple[float, float]] | None = None,
+    positions: list[tuple[float, float]] | None = None,
     energy: float | None = None,
     rescan: Any = None,
     rescan_every: int = 0,
@@ -91,6 +92,16 @@ def ptycho_scan(
         At call time, before any run opens, for a bad parameter; the message
         names the parameter, the value and the fix.
     """
+    for what, dev, needs in (
+        ("detector", detector, ("trigger", "geometry")),
+        ("stage", stage, ("x", "y", "point")),
+        ("shutter", shutter, ("set",)),
+    ):
+        if isinstance(dev, str) or not all(hasattr(dev, n) for n in needs):
+            raise ValueError(
+                f"ptycho_scan: {what}={dev!r} is not a {what} device (it needs {', '.join(needs)}); "
+                "give the profile's fccd, stage and shutter (or their EPICS counterparts)"
+            )
     require_connected(detector, stage, shutter)
     pts = _validated_positions(
         detector, stage, num_points, step, pattern, num_darks, center, positions, energy
@@ -159,6 +170,13 @@ def ptycho_scan(
     return _scan(detector, stage, shutter, pts, int(num_darks), energy, _md, rescans)
 
 
+# A plan, though not a generator function (it checks its parameters when called, before any
+# run opens): bluesky.utils.is_plan, and so bluesky-queueserver, know it by this mark. The
+# annotations above are what the queue server validates: device names for the Readable and
+# Movable parameters, numbers and lists for the rest.
+ptycho_scan._is_plan_ = True  # type: ignore[attr-defined]
+
+
 def _measure(detector, stage, k, x, y):  # type: ignore[no-untyped-def]
     """Move to (x, y) in m (sent in the motors' units) and take one frame with the readbacks."""
     sx, sy = axis_scale_m(stage.x), axis_scale_m(stage.y)
@@ -219,7 +237,10 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # typ
         return md
 
     def cleanup():  # type: ignore[no-untyped-def]
-        yield from bps.mv(shutter, "closed")
+        try:
+            yield from bps.mv(shutter, "closed")
+        except Exception as err:  # the IOC went away: say so, and still close the file
+            log.warning("ptycho_scan: could not close the shutter %s: %s", shutter.name, err)
         yield from bps.unstage(detector)
 
     uid = yield from bpp.finalize_wrapper(inner(), cleanup())
