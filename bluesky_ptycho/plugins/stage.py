@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 from event_model import DocumentRouter, compose_run
 
-from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.core.params import Param, problems
 
 Callback = Callable[[str, dict], Any]
 _STOP = object()
@@ -89,35 +89,35 @@ class Stage(DocumentRouter):
     @classmethod
     def param_problems(cls, params: dict[str, Any]) -> dict[str, str]:
         """What is wrong with *params* by name, checked against :attr:`params` (empty: fine)."""
-        declared = {p.name: p for p in cls.params}
-        out = {}
-        for name, value in params.items():
-            if name not in declared:
-                out[name] = (
-                    f"is not a parameter of {cls.stage_name!r}; its parameters are {sorted(declared)}"
-                )
-            elif (why := declared[name].problem(value)) is not None:
-                out[name] = why
-        return out
+        return problems(cls.params, params, repr(cls.stage_name))
 
     @classmethod
     def check_params(cls, device: str = "cpu", **params: Any) -> None:
         """Refuse unknown or out-of-range parameters now, before any run starts.
 
-        Checks *params* against the declared :attr:`params`, then builds the
-        stage (its constructor checks how they go together) and closes it
-        again; raises ``ValueError`` naming the stage and the parameter.
+        Checks *params* against the declared :attr:`params`, then how they go
+        together (:meth:`validate`); builds no stage and starts no thread.
+        Raises ``ValueError`` naming the stage and the parameter.
         """
-        problems = cls.param_problems(params)
-        if problems:
+        found = cls.param_problems(params)
+        if found:
             raise ValueError(
                 "; ".join(
-                    f"stage {cls.stage_name!r}: {k}={params[k]!r} {why}"
-                    for k, why in problems.items()
+                    f"stage {cls.stage_name!r}: {k}={params[k]!r} {why}" for k, why in found.items()
                 )
             )
-        stage = cls(device=device, **params)
-        stage.close()
+        cls.validate(params)
+
+    @classmethod
+    def nested_params(cls, name: str) -> dict[str, tuple[Param, ...]]:
+        """The keys a ``table`` parameter *name* takes, by group (e.g. each solver's options),
+        for the ``stages`` listing; empty when it takes none in particular."""
+        return {}
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> None:
+        """Hook: rules between parameters (each already fine on its own); raise ``ValueError``
+        naming the stage and what to change. Must not build the stage."""
 
     # -- wiring ---------------------------------------------------------------
     def subscribe(self, callback: Callback) -> None:
