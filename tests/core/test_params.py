@@ -34,7 +34,9 @@ def _all_params():
                     yield f"{name}.{p.name}", q
 
 
-@pytest.mark.parametrize(("owner", "param"), list(_all_params()), ids=lambda x: getattr(x, "name", x))
+@pytest.mark.parametrize(
+    ("owner", "param"), list(_all_params()), ids=lambda x: getattr(x, "name", x)
+)
 def test_every_number_a_user_can_set_has_a_range(owner, param):
     if param.kind in ("int", "float", "list"):
         assert param.min is not None and param.max is not None, f"{owner}.{param.name}"
@@ -50,7 +52,8 @@ def test_non_finite_huge_and_wrong_typed_numbers_are_refused(value):
 
 
 def test_a_settings_object_names_the_field_the_value_and_what_is_expected():
-    with pytest.raises(ValueError, match=r"CleanSettings\.ripple_min_cycles=0\.5 is at or above the maximum 0\.5"):
+    at_max = r"CleanSettings\.ripple_min_cycles=0\.5 is at or above the maximum 0\.5"
+    with pytest.raises(ValueError, match=at_max):
         CleanSettings(ripple_min_cycles=0.5)
     with pytest.raises(ValueError, match=r"RpieOptions\.batch_size=9223372036854775808 is above"):
         solver_class("rpie").Options(batch_size=2**63)
