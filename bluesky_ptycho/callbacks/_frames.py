@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.core.units import metres_per_unit
-from bluesky_ptycho.io.frames import FrameRef, StreamFrameReader
+from bluesky_ptycho.io.frames import FrameAccessError, FrameRef, StreamFrameReader
 
 #: errors reading a frame from the detector's file: missing, not written yet, unreadable
 READ_ERRORS = (OSError, KeyError, IndexError)
@@ -54,7 +54,7 @@ class RawFrames:
             try:
                 return ref.read()
             except READ_ERRORS as err:
-                if time.monotonic() >= deadline:
+                if isinstance(err, FrameAccessError) or time.monotonic() >= deadline:
                     why = f"{type(err).__name__}: {err}"
                     if not isinstance(err, IndexError):  # a short file may still grow
                         self._unreadable[ref.uri] = why

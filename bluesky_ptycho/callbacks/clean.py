@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ from bluesky_ptycho.core.arrays import get_xp, to_numpy
 from bluesky_ptycho.core.clean import CleanedBatch, CleanSettings, Preprocessor
 from bluesky_ptycho.core.dark import DarkResult
 from bluesky_ptycho.core.geometry import Beamstop
+from bluesky_ptycho.core.params import Param, params_of
 from bluesky_ptycho.io.frames import FrameRef
-from bluesky_ptycho.plugins import Param
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
@@ -111,106 +111,25 @@ class FrameCleaner(Stage):
             "batch_size",
             "int",
             8,
-            "frames cleaned together (more: faster; fewer: more live)",
+            "Frames cleaned together (more: faster; fewer: more live).",
             min=1,
+            max=4096,
         ),
-        Param(
-            "adu_per_photon",
-            "float",
-            None,
-            "detector gain",
-            "ADU/photon",
-            min=0,
-            exclusive=True,
-            optional=True,
-        ),
-        Param(
-            "threshold_adu",
-            "float",
-            15.0,
-            "photon threshold after the offsets",
-            "ADU",
-            min=0,
-            exclusive=True,
-        ),
-        Param("overscan_order", "int", 2, "polynomial order of the overscan fit", min=0, max=2),
-        Param(
-            "overscan_skip_rows",
-            "list",
-            [100, 80],
-            "readout rows left out of the overscan fit (start, end)",
-            length=2,
-        ),
-        Param("background", "bool", True, "subtract each column's background (step 4)"),
-        Param("ripple", "bool", True, "remove high-frequency pickup lines (step 5)"),
-        Param(
-            "ripple_threshold",
-            "float",
-            10.0,
-            "pickup power over the median power",
-            min=1,
-            exclusive=True,
-        ),
-        Param("ripple_max_lines", "int", 8, "at most this many pickup lines", min=0, max=64),
-        Param(
-            "ripple_min_cycles",
-            "float",
-            0.01,
-            "lowest pickup frequency",
-            "cycles/sample",
-            min=0,
-            max=0.5,
-        ),
-        Param("threshold_dilate", "bool", True, "keep the 2 × 2 neighbours of photon pixels"),
-        Param(
-            "beamstop", "table", None, "beamstop {row, col, radius, transmission}", optional=True
-        ),
-        Param(
-            "center_px",
-            "list",
-            None,
-            "pattern centre (row, col); absent: found from the first batch",
-            "px",
-            length=2,
-            optional=True,
-        ),
-        Param(
-            "crop_px",
-            "int",
-            None,
-            "side of the region cut around the centre",
-            "px",
-            min=2,
-            optional=True,
-        ),
-        Param("frame_px", "int", None, "side of the output frames", "px", min=2, optional=True),
-        Param("window", "str", "erf", "downsampling window", choices=("erf", "gaussian")),
-        Param("window_width", "float", 8.0, "window width", "px", min=0, exclusive=True),
-        Param("noise_floor_photons", "float", 0.0, "subtracted from the output", "photons", min=0),
-        Param(
-            "saturation_adu",
-            "float",
-            65535.0,
-            "raw samples at or above this are saturated",
-            "ADU",
-            min=0,
-            exclusive=True,
+        *params_of(
+            CleanSettings, from_metadata=("adu_per_photon", "crop_px", "frame_px", "beamstop")
         ),
     )
 
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> None:
+        given = {k: v for k, v in params.items() if k != "batch_size" and v is not None}
+        CleanSettings(**given)  # how the settings go together (crop and frame sizes, …)
+
     def __init__(self, device: str = "cpu", batch_size: int = 8, **settings: Any) -> None:
         self.xp = get_xp(device)
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ValueError(f"frame_cleaning: batch_size={batch_size!r} must be an integer >= 1")
+        self.check_params(device, batch_size=batch_size, **settings)
         self.batch_size = batch_size
-        unknown = set(settings) - {f.name for f in fields(CleanSettings)}
-        if unknown:
-            raise ValueError(
-                f"frame_cleaning: unknown parameter(s) {sorted(unknown)}; the settings are "
-                f"{[f.name for f in fields(CleanSettings)]}"
-            )
-        CleanSettings(**settings)  # out-of-range values are refused here, before any scan
-        self._overrides = settings
+        self._overrides = {k: v for k, v in settings.items() if v is not None}
         self.settings: CleanSettings | None = None
         self.preprocessor: Preprocessor | None = None
         self._raw: RawFrames | None = None

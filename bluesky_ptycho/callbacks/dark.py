@@ -10,7 +10,7 @@ from bluesky_ptycho.callbacks._frames import READ_ERRORS, RawFrames, frame_probl
 from bluesky_ptycho.core import fccd
 from bluesky_ptycho.core.arrays import get_xp, to_numpy
 from bluesky_ptycho.core.dark import DarkSettings, RunningDarkStats
-from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.core.params import params_of
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
@@ -25,35 +25,15 @@ class DarkStatistics(Stage):
     ----------
     device : {"cpu", "gpu"}
         Where the accumulation runs.
-    max_std_adu : float
-        Bad-pixel threshold on the dark standard deviation (ADU).
-    channel_excess_adu : float
-        Bad-channel threshold: noise above the median channel's by this (ADU).
+    **settings
+        :class:`~bluesky_ptycho.core.dark.DarkSettings` fields (bad-pixel and bad-channel
+        thresholds).
     """
 
     stage_name = "dark_statistics"
     inputs = ("raw/dark",)
     outputs = ("dark_statistics/dark",)
-    params = (
-        Param(
-            "max_std_adu",
-            "float",
-            30.0,
-            "a pixel noisier than this in the darks is bad",
-            "ADU",
-            min=0,
-            exclusive=True,
-        ),
-        Param(
-            "channel_excess_adu",
-            "float",
-            15.0,
-            "an ADC channel whose dark noise exceeds the median channel's by this is bad",
-            "ADU",
-            min=0,
-            exclusive=True,
-        ),
-    )
+    params = params_of(DarkSettings)
 
     def __init__(
         self, device: str = "cpu", max_std_adu: float = 30.0, channel_excess_adu: float = 15.0

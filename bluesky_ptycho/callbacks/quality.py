@@ -51,45 +51,21 @@ class QualityMonitor(Stage):
     outputs = ("quality/verdict", "quality/beam", "quality/drift")
     live_params = ("low_flux_fraction", "error_factor", "drift_threshold_m")
     params = (
-        Param(
-            "low_flux_fraction",
-            "float",
-            0.3,
-            "a frame with less than this fraction of the good frames' photons is bad",
-            min=0,
-            max=1,
-            exclusive=True,
-        ),
-        Param(
-            "reference_frames",
-            "int",
-            32,
-            "recent good frames the photon reference is the median of",
-            min=1,
-        ),
-        Param("suspend_after", "int", 2, "low-flux frames in a row that make the beam bad", min=1),
-        Param(
-            "error_factor",
-            "float",
-            4.0,
-            "data error over the neighbours' median that makes a frame bad",
-            min=1,
-            exclusive=True,
-        ),
-        Param(
-            "neighbours", "int", 8, "nearest frames a frame's data error is compared with", min=1
-        ),
-        Param("drift_frames", "int", 24, "recent frames the drift is estimated from", min=4),
-        Param(
-            "drift_threshold_m",
-            "float",
-            50e-9,
-            "drift that flags the sample as drifting",
-            "m",
-            min=0,
-            exclusive=True,
-        ),
-    )
+        Param("low_flux_fraction", "float", 0.3, "A frame with less than this fraction of the "
+              "good frames' photons is bad.", min=0, max=1, exclusive=True),
+        Param("reference_frames", "int", 32, "Recent good frames the photon reference is the "
+              "median of.", min=1, max=100_000),
+        Param("suspend_after", "int", 2, "Low-flux frames in a row that make the beam bad.",
+              min=1, max=100_000),
+        Param("error_factor", "float", 4.0, "Data error over the neighbours' median that makes "
+              "a frame bad.", min=1, max=1e6, exclusive="min"),
+        Param("neighbours", "int", 8, "Nearest frames a frame's data error is compared with.",
+              min=1, max=1000),
+        Param("drift_frames", "int", 24, "Recent frames the drift is estimated from.", min=4,
+              max=100_000),
+        Param("drift_threshold_m", "float", 50e-9, "Drift that flags the sample as drifting.",
+              "m", min=0, max=1e-3, exclusive="min"),
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -102,19 +78,11 @@ class QualityMonitor(Stage):
         drift_frames: int = 24,
         drift_threshold_m: float = 50e-9,
     ) -> None:
-        problems = self.param_problems(
-            {
-                "low_flux_fraction": low_flux_fraction,
-                "reference_frames": reference_frames,
-                "suspend_after": suspend_after,
-                "error_factor": error_factor,
-                "neighbours": neighbours,
-                "drift_frames": drift_frames,
-                "drift_threshold_m": drift_threshold_m,
-            }
-        )
-        if problems:
-            raise ValueError("; ".join(f"quality: {k} {v}" for k, v in problems.items()))
+        self.check_params(
+            device, low_flux_fraction=low_flux_fraction, reference_frames=reference_frames,
+            suspend_after=suspend_after, error_factor=error_factor, neighbours=neighbours,
+            drift_frames=drift_frames, drift_threshold_m=drift_threshold_m,
+        )  # fmt: skip
         self.low_flux_fraction = float(low_flux_fraction)
         self.suspend_after = int(suspend_after)
         self.error_factor = float(error_factor)

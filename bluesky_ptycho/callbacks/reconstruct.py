@@ -11,6 +11,7 @@ import numpy as np
 from bluesky_ptycho.callbacks.streaming import Snapshot, StreamingReconstruction
 from bluesky_ptycho.core.arrays import backend, to_numpy
 from bluesky_ptycho.core.geometry import Geometry, ZonePlate
+from bluesky_ptycho.core.params import Param, declared
 from bluesky_ptycho.core.ptycho import ObjectGrid, object_grid, probe_from_counts
 from bluesky_ptycho.core.sim import fzp_probe
 from bluesky_ptycho.core.solvers import (
@@ -20,7 +21,6 @@ from bluesky_ptycho.core.solvers import (
     make_options,
     solver_class,
 )
-from bluesky_ptycho.plugins import Param
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
@@ -78,40 +78,35 @@ class StreamingReconstructionStage(Stage):
     feedback_inputs = ("quality/verdict",)
     live_params = ("final_iterations", "snapshot_interval", "max_live_iterations")
     params = (
-        Param(
-            "algorithm",
-            "str",
-            "rpie",
-            "the solver",
-            choices=ALGORITHMS,
-        ),
-        Param("options", "table", {}, "solver options by name (bluesky-ptycho reconstruct --help)"),
-        Param("final_iterations", "int", 40, "iterations after the last frame", min=0),
-        Param(
-            "snapshot_interval",
-            "float",
-            1.0,
-            "time between published snapshots",
-            "s",
-            min=0,
-            exclusive=True,
-        ),
-        Param("min_frames", "int", 16, "frames needed before iterating starts", min=1),
-        Param(
-            "max_live_iterations",
-            "int",
-            0,
-            "cap on iterations while the scan runs (0: none)",
-            min=0,
-        ),
-        Param(
-            "initial_probe",
-            "str",
-            "zone_plate",
-            "start from the zone plate in the metadata, or the stxm stage's estimate",
-            choices=("zone_plate", "estimate"),
-        ),
-    )
+        Param("algorithm", "str", "rpie", "The solver.", choices=ALGORITHMS),
+        Param("options", "table", {}, "Solver options by name (`bluesky-ptycho stages "
+              "reconstruction` lists each algorithm's)."),
+        Param("final_iterations", "int", 40, "Iterations after the last frame.", min=0,
+              max=100_000),
+        Param("snapshot_interval", "float", 1.0, "Time between published snapshots.", "s",
+              min=0, max=3600, exclusive="min"),
+        Param("min_frames", "int", 16, "Frames needed before iterating starts.", min=1,
+              max=1_000_000),
+        Param("max_live_iterations", "int", 0, "Cap on iterations while the scan runs (0: none).",
+              min=0, max=1_000_000),
+        Param("initial_probe", "str", "zone_plate", "Start from the zone plate in the metadata, "
+              "or the stxm stage's estimate.", choices=("zone_plate", "estimate")),
+    )  # fmt: skip
+
+    @classmethod
+    def nested_params(cls, name: str) -> dict[str, tuple[Param, ...]]:
+        if name != "options":
+            return {}
+        return {
+            f"{a} options": declared(solver_class(a).Options) for a in ALGORITHMS if a != "epie"
+        }
+
+    @classmethod
+    def validate(cls, params: dict[str, Any]) -> None:
+        try:
+            make_options(params.get("algorithm", "rpie"), **params.get("options", {}))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"stage 'reconstruction': options: {err}") from None
 
     @classmethod
     def required_inputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
@@ -131,17 +126,14 @@ class StreamingReconstructionStage(Stage):
         initial_probe: str = "zone_plate",
     ) -> None:
         self.xp = backend(device)
-        if initial_probe not in ("zone_plate", "estimate"):
-            raise ValueError(
-                f"reconstruction: initial_probe={initial_probe!r} must be 'zone_plate' or 'estimate'"
-            )
+        self.check_params(
+            device, algorithm=algorithm, options=dict(options or {}),
+            final_iterations=final_iterations, snapshot_interval=snapshot_interval,
+            min_frames=min_frames, max_live_iterations=max_live_iterations,
+            initial_probe=initial_probe,
+        )  # fmt: skip
         self.solver_type: type[Solver] = solver_class(algorithm)
         self.options: SolverOptions = make_options(algorithm, **(options or {}))
-        if final_iterations < 0 or min_frames < 1 or not snapshot_interval > 0:
-            raise ValueError(
-                f"reconstruction: final_iterations={final_iterations} (>= 0), "
-                f"min_frames={min_frames} (>= 1), snapshot_interval={snapshot_interval} (> 0 s)"
-            )
         self.initial_probe = initial_probe
         self._probe_ready = initial_probe == "zone_plate"
         self.final_iterations = int(final_iterations)

@@ -6,8 +6,8 @@ import numpy as np
 
 from bluesky_ptycho.core.arrays import get_xp, to_numpy
 from bluesky_ptycho.core.geometry import Geometry
-from bluesky_ptycho.core.stxm import check_probe_settings, probe_estimate, stxm_contrast
-from bluesky_ptycho.plugins import Param
+from bluesky_ptycho.core.params import Param, params_of
+from bluesky_ptycho.core.stxm import ProbeSettings, probe_estimate, stxm_contrast
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
@@ -40,25 +40,16 @@ class StxmProbe(Stage):
     inputs = ("frame_cleaning/cleaned",)
     outputs = ("stxm/stxm", "stxm/probe_estimate")
     params = (
-        Param("probe_frames", "int", 16, "frames averaged before the probe is estimated", min=1),
         Param(
-            "level",
-            "float",
-            0.1,
-            "mean-pattern cut (fraction of its maximum) of the bright field",
-            min=0,
-            max=1,
-            exclusive=True,
+            "probe_frames",
+            "int",
+            16,
+            "Frames averaged before the probe is estimated.",
+            min=1,
+            max=1_000_000,
         ),
-        Param(
-            "support",
-            "float",
-            0.25,
-            "probe support radius, as a fraction of the frame",
-            min=0,
-            max=0.5,
-        ),
-        Param("defocus", "bool", True, "propagate the estimate by the run's defocus"),
+        *params_of(ProbeSettings),
+        Param("defocus", "bool", True, "Propagate the estimate by the run's defocus."),
     )
 
     def __init__(
@@ -70,9 +61,8 @@ class StxmProbe(Stage):
         defocus: bool = True,
     ) -> None:
         self.xp = get_xp(device)
-        if not (isinstance(probe_frames, int) and probe_frames >= 1):
-            raise ValueError(f"stxm: probe_frames={probe_frames!r} must be an integer >= 1")
-        check_probe_settings(level, support, "stxm")
+        self.check_params(device, probe_frames=probe_frames, level=level, support=support,
+                          defocus=defocus)  # fmt: skip
         self.probe_frames, self.level, self.support = probe_frames, level, support
         self.defocus = bool(defocus)
         self._optics: dict = {}

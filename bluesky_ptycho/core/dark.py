@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from bluesky_ptycho.core import fccd
 from bluesky_ptycho.core.arrays import Array, get_xp
+from bluesky_ptycho.core.params import Declared, setting, settings
 
 
 class RunningDarkStats:
@@ -104,32 +105,21 @@ def channel_statistics(mean: Array, std: Array, excess_adu: float) -> tuple[Arra
     return ch_mean, ch_std, bad
 
 
-@dataclass(frozen=True)
-class DarkSettings:
-    """Bad-pixel and bad-channel criteria.
+@settings(frozen=True)
+class DarkSettings(Declared):
+    """Bad-pixel and bad-channel criteria."""
 
-    Attributes
-    ----------
-    max_std_adu : float
-        A pixel whose dark standard deviation exceeds this is bad (noisy).
-        A standard deviation of exactly 0 (stuck, or never valid) is bad too.
-    channel_excess_adu : float
-        An ADC channel whose typical dark noise exceeds the median channel's
-        by more than this is bad. COSMIC uses 50 ADU; with the FCCD's ~5 ADU
-        read noise, 15 ADU already marks a channel three times as noisy as
-        the rest, which the photon threshold (~15 ADU) cannot tell from light.
-    """
-
-    max_std_adu: float = 30.0
-    channel_excess_adu: float = 15.0
-
-    def __post_init__(self) -> None:
-        if not self.max_std_adu > 0:
-            raise ValueError(f"DarkSettings.max_std_adu={self.max_std_adu!r} must be > 0 ADU")
-        if not self.channel_excess_adu > 0:
-            raise ValueError(
-                f"DarkSettings.channel_excess_adu={self.channel_excess_adu!r} must be > 0 ADU"
-            )
+    max_std_adu: float = setting(
+        30.0, "A pixel whose dark standard deviation exceeds this is bad (noisy); a standard "
+        "deviation of exactly 0 (stuck, or never valid) is bad too.", unit="ADU", min=0,
+        max=65535, exclusive="min",
+    )  # fmt: skip
+    channel_excess_adu: float = setting(
+        15.0, "An ADC channel whose typical dark noise exceeds the median channel's by more "
+        "than this is bad. COSMIC uses 50 ADU; with the FCCD's ~5 ADU read noise, 15 ADU "
+        "already marks a channel three times as noisy as the rest, which the photon threshold "
+        "(~15 ADU) cannot tell from light.", unit="ADU", min=0, max=65535, exclusive="min",
+    )  # fmt: skip
 
 
 @dataclass

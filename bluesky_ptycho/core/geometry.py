@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bluesky_ptycho.core.params import Declared, setting, settings
+
 PLANCK_EV_S = 4.135667696e-15  # h in eV·s
 SPEED_OF_LIGHT = 299_792_458.0  # m/s
 EV_TO_J = 1.602176634e-19
@@ -135,33 +137,23 @@ class ZonePlate:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Beamstop:
-    """A semi-transparent beamstop in front of the detector.
+@settings(frozen=True)
+class Beamstop(Declared):
+    """A semi-transparent beamstop in front of the detector."""
 
-    Parameters
-    ----------
-    center_px : (float, float)
-        Its centre on the assembled detector image, (row, col) in pixels
-        (measured once; it does not move with the sample).
-    radius_px : float
-        Radius in detector pixels (0: no beamstop).
-    transmission : float
-        Intensity transmission inside the radius, in (0, 1].
-    """
+    center_px: tuple[float, float] = setting(
+        (960.0, 480.0), "Its centre on the assembled detector image, (row, col) (measured "
+        "once; it does not move with the sample).", unit="px", length=2, min=-1e4, max=1e4,
+    )  # fmt: skip
+    radius_px: float = setting(0.0, "Radius (0: no beamstop).", unit="px", min=0, max=1e4)
+    transmission: float = setting(
+        1.0, "Intensity fraction that passes inside the radius, e.g. 0.05.", min=0, max=1,
+        exclusive="min",
+    )  # fmt: skip
 
-    center_px: tuple[float, float] = (960.0, 480.0)
-    radius_px: float = 0.0
-    transmission: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.transmission <= 1:
-            raise ValueError(
-                f"Beamstop.transmission={self.transmission!r} must lie in (0, 1] "
-                "(intensity fraction that passes, e.g. 0.05)"
-            )
-        if self.radius_px < 0:
-            raise ValueError(f"Beamstop.radius_px={self.radius_px!r} must be >= 0 (pixels)")
+    def normalize(self) -> None:
+        if isinstance(self.center_px, list):
+            self._set("center_px", tuple(self.center_px))
 
     def transmission_map(self, shape: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> Any:
         """Transmission per pixel of a ``shape`` window whose first pixel is image pixel *origin*.
@@ -176,17 +168,27 @@ class Beamstop:
         inside = np.clip(self.radius_px + 0.5 - r, 0.0, 1.0)
         return (1.0 - inside * (1.0 - self.transmission)).astype(np.float32)
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for documents and files."""
-        return {
-            "center_px": list(self.center_px),
-            "radius_px": self.radius_px,
-            "transmission": self.transmission,
-        }
-
     @classmethod
-    def from_dict(cls, d: dict | None) -> Beamstop:
-        """Inverse of :meth:`as_dict` (None: no beamstop)."""
+    def from_dict(cls, d: Any) -> Beamstop:
+        """A beamstop from ``{center_px, radius_px, transmission}`` (None or empty: none).
+
+        Raises ValueError naming what is missing, unknown or out of range.
+        """
         if not d:
             return cls()
-        return cls(tuple(d["center_px"]), float(d["radius_px"]), float(d["transmission"]))  # type: ignore[arg-type]
+        if not isinstance(d, dict):
+            raise ValueError(
+                f"beamstop = {d!r:.80}: expected a table {{center_px = [row, col], radius_px = R, "
+                "transmission = T}"
+            )
+        known = {"center_px", "radius_px", "transmission"}
+        if unknown := sorted(set(d) - known):
+            raise ValueError(
+                f"beamstop: {unknown} are not beamstop settings; they are {sorted(known)}"
+            )
+        if missing := sorted(known - set(d)):
+            raise ValueError(
+                f"beamstop {d!r:.80} lacks {missing}: give center_px = [row, col] (px), "
+                "radius_px (px) and transmission (0 < T <= 1)"
+            )
+        return cls(**d)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from bluesky_ptycho.core.arrays import Array, fftshift2, get_xp, ifft2, ifftshift2
+from bluesky_ptycho.core.params import Declared, setting, settings
 
 
 def stxm_contrast(frames: Array) -> tuple[Array, Array, Array]:
@@ -32,12 +33,17 @@ def stxm_contrast(frames: Array) -> tuple[Array, Array, Array]:
     return photons, dpc_y, dpc_x
 
 
-def check_probe_settings(level: float, support: float, who: str) -> None:
-    """Refuse a cut *level* outside (0, 1) or a *support* outside (0, 0.5], naming *who* asked."""
-    if not 0 < level < 1 or not 0 < support <= 0.5:
-        raise ValueError(
-            f"{who}: level={level!r} must lie in (0, 1) and support={support!r} in (0, 0.5]"
-        )
+@settings(frozen=True)
+class ProbeSettings(Declared):
+    """How the probe is estimated from the mean pattern."""
+
+    level: float = setting(
+        0.1, "Mean-pattern cut (fraction of its maximum) of the bright field.", min=0, max=1,
+        exclusive=True,
+    )  # fmt: skip
+    support: float = setting(
+        0.25, "Probe support radius, as a fraction of the frame.", min=0, max=0.5, exclusive="min"
+    )
 
 
 def probe_estimate(
@@ -69,7 +75,7 @@ def probe_estimate(
     -------
     (n, n) complex64, centred
     """
-    check_probe_settings(level, support, "probe_estimate")
+    ProbeSettings(level, support)  # refuses values out of range
     if defocus_m and (wavelength_m is None or pixel_size_m is None):
         raise ValueError("probe_estimate: a defocus needs wavelength_m and pixel_size_m")
     xp = get_xp(mean_pattern)

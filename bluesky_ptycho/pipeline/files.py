@@ -122,12 +122,22 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineSpec:
             "[pipeline] and [stages.NAME]"
         )
     head = data.get("pipeline", {})
+    if not isinstance(head, dict):
+        problems.append(
+            f"{source}: pipeline = {head!r:.60} must be a table: [pipeline] with device and cxi"
+        )
+        head = {}
     for key in sorted(set(head) - _PIPELINE_KEYS):
         problems.append(
             f"{source}: pipeline.{key} is not a setting; the settings are {sorted(_PIPELINE_KEYS)}"
         )
     stages: dict[str, StageSpec] = {}
     tables = data.get("stages", {})
+    if not isinstance(tables, dict):
+        problems.append(
+            f"{source}: stages = {tables!r:.60} must be tables, one per stage: [stages.NAME]"
+        )
+        tables = {}
     if not tables:
         problems.append(
             f"{source}: no [stages.NAME] tables; add one per stage "
@@ -153,8 +163,17 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineSpec:
         if not isinstance(params, dict):
             problems.append(f"{where}.params must be a table, e.g. params = {{ name = value }}")
             params = {}
+        for name in ("stage", "where"):
+            if name in table and not isinstance(table[name], str):
+                problems.append(f"{where}.{name} = {table[name]!r:.60} must be a string")
+        stage = table.get("stage", key)
+        place = table.get("where", "process")
         stages[key] = StageSpec(
-            key, table.get("stage", key), list(inputs), table.get("where", "process"), dict(params)
+            key,
+            stage if isinstance(stage, str) else key,
+            list(inputs),
+            place if isinstance(place, str) else "process",
+            dict(params),
         )
     spec = PipelineSpec(source, head.get("device", "cpu"), head.get("cxi", True), stages)
     if problems:

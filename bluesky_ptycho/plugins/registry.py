@@ -73,4 +73,8 @@ def describe(name: str) -> str:
         default = "from the run's metadata" if p.default is None else repr(p.default)
         lines.append(f"      {p.name} = {default}    # {p.expected()}")
         lines.append(f"          {p.doc}")
+        for group, nested in cls.nested_params(p.name).items():
+            lines.append(f"          {group}:")
+            for q in nested:
+                lines.append(f"            {q.name} = {q.default!r}    # {q.expected()}")
     return "\n".join(lines)
