@@ -20,6 +20,7 @@ from a configuration. ``bluesky-ptycho ioc`` serves them for tests and demos.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsMotor, EpicsSignalRO, Signal
 from ophyd import FormattedComponent as FCpt
 from ophyd.areadetector.base import ADBase, EpicsSignalWithRBV
+from ophyd.signal import ArrayAttributeSignal
 from ophyd.status import DeviceStatus, Status
 from ophyd.utils.errors import LimitError
 
@@ -56,6 +58,8 @@ class FCCDCam(ADBase):
     # what is read and what is configuration follows each component's kind
     _default_read_attrs = None
     _default_configuration_attrs = None
+    # ADBase lists its configuration's names as an array of strings: not a value for documents
+    configuration_names = Cpt(ArrayAttributeSignal, attr="_configuration_names", kind="omitted")
 
     acquire = _rbv("Acquire", kind="omitted", string=True)
     acquire_time = _rbv("AcquireTime")
@@ -83,6 +87,7 @@ class FCCDHDF5(ADBase):
 
     _default_read_attrs = None
     _default_configuration_attrs = None
+    configuration_names = Cpt(ArrayAttributeSignal, attr="_configuration_names", kind="omitted")
 
     file_path = _rbv("FilePath", kind="omitted", string=True)
     file_name = _rbv("FileName", kind="omitted", string=True)
@@ -500,6 +505,24 @@ class EpicsShutter(Device):
     @property
     def is_open(self) -> bool:
         return self.state.get() == "Open"
+
+
+def _close_channel_access() -> None:
+    """Close the Channel Access circuits before the interpreter shuts down: caproto's client
+    threads otherwise print errors at exit (callbacks scheduled on a closed executor)."""
+    import ophyd
+
+    if getattr(ophyd.cl, "name", "") != "caproto":
+        return
+    try:
+        from caproto.threading.pyepics_compat import PV
+
+        PV.default_context().disconnect()
+    except Exception as err:  # at exit: say it, never raise
+        log.debug("closing Channel Access at exit: %s", err)
+
+
+atexit.register(_close_channel_access)  # after ophyd's own clean-up is registered: runs first
 
 
 def epics_devices(
