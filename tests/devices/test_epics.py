@@ -125,6 +125,19 @@ def test_caproto_get_and_put_from_a_shell(beamline, ca_port):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert abs(ca.read("PTYCHO:STAGE:X.RBV").data[0] - 1e-6) < 0.2
+    # a finite speed (VELO, µm/s), and STOP stops it where it is
+    assert ca.read("PTYCHO:STAGE:X.VELO").data[0] == 100.0
+    ca.write("PTYCHO:STAGE:X", 40.0, notify=True)
+    time.sleep(0.15)
+    assert ca.read("PTYCHO:STAGE:X.DMOV").data[0] == 0
+    ca.write("PTYCHO:STAGE:X.STOP", 1, notify=True)
+    deadline = time.monotonic() + 5
+    while ca.read("PTYCHO:STAGE:X.DMOV").data[0] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stopped = ca.read("PTYCHO:STAGE:X.RBV").data[0]
+    assert 2.0 < stopped < 35.0
+    assert abs(ca.read("PTYCHO:STAGE:X").data[0] - stopped) < 0.2  # VAL: where it stopped
 
 
 @pytest.mark.slow
