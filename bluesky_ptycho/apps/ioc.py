@@ -684,19 +684,22 @@ class FCCDCamera(PVGroup):
                 start = self.frames.positions()
                 if self.sim_hang.value:
                     await asyncio.Event().wait()  # a camera that never answers
-                frame_task = asyncio.to_thread(
-                    self.frames.frame, self, start, float(self.sim_flux.value) * t_exp
+                # the image is drawn (in a thread: tens of ms) while the exposure runs, at
+                # where the stage is when it starts (the jitter is slow against an exposure)
+                frame_task = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        self.frames.frame, self, start, float(self.sim_flux.value) * t_exp
+                    )
                 )
                 await asyncio.sleep(t_exp)
-                end = self.frames.positions()
                 await self.detector_state.write("Readout")
                 frame = await frame_task
                 counter = int(self.array_counter_rbv.value) + 1
                 attributes = {
                     "NDArrayUniqueId": float(counter),
                     "NDArrayTimeStamp": time.time(),
-                    "SampleX": (start[0] + end[0]) / 2,
-                    "SampleY": (start[1] + end[1]) / 2,
+                    "SampleX": start[0],  # where the stage was for this image (m)
+                    "SampleY": start[1],
                 }
                 await self.parent.hdf.on_frame(frame, attributes)
                 await self.array_counter.write(counter)
@@ -706,12 +709,11 @@ class FCCDCamera(PVGroup):
                     await asyncio.sleep(rest)
         except asyncio.CancelledError:
             raise
-        except Exception as err:
+        except Exception:  # the camera says Error; the IOC goes on
             log.exception("acquisition failed")
             await self.detector_state.write("Error")
             await self.acquire_rbv.write("Done")
             await self.acquire.write("Done", verify_value=False)
-            self.last_error = str(err)
             return
         await self._done()
 
@@ -772,10 +774,7 @@ class FrameSource:
             return noise.raw_frame(self.rng)
         if self._sample is None or self._sample.geometry != g:
             self._sample = SimulatedSample(geometry=g, zone_plate=ZonePlate())
-        # where the stage is in the middle of the exposure
-        mid = self.positions()
-        pos = ((start[0] + mid[0]) / 2, (start[1] + mid[1]) / 2)
-        return noise.raw_frame(self.rng, self._sample.intensity(pos, photons), self.beam_center)
+        return noise.raw_frame(self.rng, self._sample.intensity(start, photons), self.beam_center)
 
 
 @dataclass

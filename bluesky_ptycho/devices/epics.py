@@ -35,9 +35,10 @@ from ophyd import Component as Cpt
 from ophyd import Device, EpicsMotor, EpicsSignalRO, Signal
 from ophyd import FormattedComponent as FCpt
 from ophyd.areadetector.base import ADBase, EpicsSignalWithRBV
+from ophyd.positioner import PositionerBase
 from ophyd.signal import ArrayAttributeSignal
 from ophyd.status import DeviceStatus, Status
-from ophyd.utils.errors import LimitError
+from ophyd.utils.errors import DisconnectedError, LimitError
 
 from bluesky_ptycho.core import fccd as fccd_geom
 from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
@@ -330,11 +331,17 @@ class EpicsFCCD(Device):
             raise RuntimeError(f"detector {self.name!r} must be staged before it is triggered")
         status = DeviceStatus(self)
         target = self._counter + 1
-        timeout = (
-            float(self.cam.acquire_time.get())
-            + max(float(self.cam.acquire_period.get()), 0.0)
-            + self.trigger_timeout
-        )
+        try:
+            timeout = (
+                float(self.cam.acquire_time.get())
+                + max(float(self.cam.acquire_period.get()), 0.0)
+                + self.trigger_timeout
+            )
+        except (OSError, DisconnectedError, TimeoutError) as err:
+            raise ConnectionError(
+                f"detector {self.name!r} ({self.prefix}) lost its IOC before an acquisition "
+                f"({type(err).__name__}: {err}); the frames taken so far are in {self.file}"
+            ) from err
 
         def counted(value: Any = None, **_: Any) -> None:
             if status.done or value is None or int(value) < target:
@@ -427,7 +434,13 @@ class StageMotor(EpicsMotor):
     and where it was going), an alarm, or a lost IOC."""
 
     def move(self, position: float, wait: bool = True, **kwargs: Any) -> Status:
-        inner = super().move(position, wait=False, **kwargs)
+        try:
+            inner = super().move(position, wait=False, **kwargs)
+        except (OSError, DisconnectedError, TimeoutError) as err:
+            raise ConnectionError(
+                f"{self.name} ({self.prefix}) could not be sent to {position:.4g}: lost its IOC "
+                f"({type(err).__name__}: {err}); is the IOC running?"
+            ) from err
         outer = Status(obj=self)
 
         def done(st: Any) -> None:
@@ -440,6 +453,15 @@ class StageMotor(EpicsMotor):
         if wait:
             outer.wait()
         return outer
+
+    def stop(self, *, success: bool = False) -> None:
+        try:
+            super().stop(success=success)
+        except (OSError, DisconnectedError, TimeoutError) as err:
+            log.warning(
+                "%s (%s): could not send STOP, its IOC is gone: %s", self.name, self.prefix, err
+            )
+            PositionerBase.stop(self, success=success)
 
     def _why_failed(self, target: float, st: Any) -> Exception:
         egu = self.egu
@@ -500,16 +522,39 @@ class EpicsShutter(Device):
     def set(self, value: str) -> Status:  # type: ignore[override]
         if value not in self.VALUES:
             raise ValueError(f"shutter {self.name!r}: {value!r} is not one of {self.VALUES}")
-        return self.state.set(self._PV_VALUES[value], timeout=self.timeout)
+        try:
+            return self.state.set(self._PV_VALUES[value], timeout=self.timeout)
+        except (OSError, DisconnectedError, TimeoutError) as err:
+            raise ConnectionError(
+                f"shutter {self.name!r} ({self.prefix}) could not be set {value}: lost its IOC "
+                f"({type(err).__name__}: {err}); is the IOC running?"
+            ) from err
 
     @property
     def is_open(self) -> bool:
         return self.state.get() == "Open"
 
 
+def stop_searching() -> int:
+    """Cancel the searches for PVs nobody answers (caproto's client repeats them, more and
+    more slowly, for as long as the process lives); the number cancelled."""
+    import ophyd
+
+    if getattr(ophyd.cl, "name", "") != "caproto":
+        return 0
+    from caproto.threading.pyepics_compat import PV
+
+    broadcaster = PV.default_context().broadcaster
+    names = [entry[0] for entry in list(broadcaster.unanswered_searches.values())]
+    if names:
+        broadcaster.cancel(*names)
+    return len(names)
+
+
 def _close_channel_access() -> None:
     """Close the Channel Access circuits before the interpreter shuts down: caproto's client
-    threads otherwise print errors at exit (callbacks scheduled on a closed executor)."""
+    threads otherwise print errors at exit (callbacks scheduled on a closed executor, searches
+    sent on a closed socket)."""
     import ophyd
 
     if getattr(ophyd.cl, "name", "") != "caproto":
@@ -517,6 +562,7 @@ def _close_channel_access() -> None:
     try:
         from caproto.threading.pyepics_compat import PV
 
+        stop_searching()
         PV.default_context().disconnect()
     except Exception as err:  # at exit: say it, never raise
         log.debug("closing Channel Access at exit: %s", err)
@@ -557,4 +603,5 @@ __all__ = [
     "EpicsSampleStage",
     "EpicsShutter",
     "epics_devices",
+    "stop_searching",
 ]

@@ -18,7 +18,13 @@ from caproto.sync import client as ca
 from epics_ioc import Ioc, ca_environment, free_ca_port
 
 from bluesky_ptycho.acquisition.plans import ptycho_scan
-from bluesky_ptycho.devices.epics import EpicsFCCD, EpicsSampleStage, EpicsShutter, epics_devices
+from bluesky_ptycho.devices.epics import (
+    EpicsFCCD,
+    EpicsSampleStage,
+    EpicsShutter,
+    epics_devices,
+    stop_searching,
+)
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.storage.catalog import Catalog
 
@@ -37,6 +43,8 @@ def ca_port():
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield port
+    # the client would go on searching for the PVs of the IOCs stopped here (and NOBODY:*)
+    stop_searching()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
