@@ -233,6 +233,10 @@ def test_stxm_and_probe_estimate_feed_the_reconstruction():
     assert err < 0.35
 
 
+def planned_of(docs, p):
+    return docs[0][1]["ptycho"]["positions_m"][p]
+
+
 def test_readbacks_in_um_reach_the_reconstruction_in_m_and_missing_ones_fall_back(tmp_path):
     pipe = Pipeline(params={"reconstruction": {"final_iterations": 2, "min_frames": 4}})
     out = []
@@ -244,6 +248,12 @@ def test_readbacks_in_um_reach_the_reconstruction_in_m_and_missing_ones_fall_bac
         pipe(name, doc)
     run = pipe.wait(uid, timeout=120)
     assert run["reconstruction"].planned_fallback == 2
+    assert not any(run.errors.values()), run.errors
+    # the quality monitor judges those frames at their planned positions
+    verdicts = {
+        d["data"]["point"]: d["data"] for n, d in out if n == "event" and "bad" in d["data"]
+    }
+    np.testing.assert_allclose((verdicts[3]["x"], verdicts[3]["y"]), planned_of(docs, 3))
     planned = np.asarray(docs[0][1]["ptycho"]["positions_m"])
     cleaned = {
         int(p): (x, y)
