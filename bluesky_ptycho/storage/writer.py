@@ -138,6 +138,7 @@ class CatalogWriter:
         self._spool_error = ""
         self._written = 0
         self.orphans = 0
+        self.unstorable = 0
         self._confirmed: set[str] = set()
         # overflow first: a run there is whole, its spool file here only a part of it
         self._leftovers = [
@@ -268,15 +269,19 @@ class CatalogWriter:
 
     # -- the spool ---------------------------------------------------------------------------
     def _spool(self, name: str, doc: dict) -> tuple[_Run, int] | None:
-        if name == "start":
-            run = self._open(doc["uid"])
-        else:
-            uid = self._run_uid(name, doc)
-            run = self._runs.get(uid) if uid is not None else None
-            if run is None:
-                self.orphans += 1
-                log.warning("catalog writer: a %s document of no open run is not stored", name)
-                return None
+        uid = doc.get("uid") if name == "start" else self._run_uid(name, doc)
+        if name != "start" and uid not in self._runs:
+            self.orphans += 1
+            log.warning("catalog writer: a %s document of no open run is not stored", name)
+            return None
+        try:
+            parts = encode(name, doc, uid)
+        except (TypeError, ValueError) as err:  # (the catalog could not store it either)
+            self.unstorable += 1
+            log.error("a %s document of run %s cannot be stored and is left out: %s", name, uid,
+                      err)  # fmt: skip
+            return None
+        run = self._open(uid) if name == "start" else self._runs[uid]
         if name in ("descriptor", "stream_resource", "resource"):
             self._run_of[doc["uid"]] = run.uid
             run.members.add(doc["uid"])
@@ -286,7 +291,6 @@ class CatalogWriter:
             run.events[run.streams.get(doc["descriptor"], "?")] += 1
         elif name == "event_page":
             run.events[run.streams.get(doc["descriptor"], "?")] += len(doc["seq_num"])
-        parts = encode(name, doc, run.uid)
         index = run.documents
         run.documents += 1
         if run.held or not self._append(run, parts):  # (in order: behind what waits already)

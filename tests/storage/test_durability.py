@@ -230,3 +230,48 @@ def test_a_spool_file_made_to_run_code_is_refused_and_runs_nothing(tmp_path):
     finally:
         cat.close()
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_payload_through_the_run_engine_the_catalog_and_replay_runs_nothing(tmp_path, caplog):
+    """The object-array payload in a scan's metadata: as bytes keys (what msgpack-numpy
+    writes) the RunEngine itself refuses it, and so does the writer, in words, without
+    raising; in the one form a catalog can hold (string keys, the pickle as text) it is stored
+    and replayed as plain data. Nothing is unpickled anywhere."""
+    import base64
+
+    from bluesky import RunEngine
+
+    from bluesky_ptycho.acquisition.plans import ptycho_scan
+    from bluesky_ptycho.apps.replay import replay
+    from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
+
+    marker = tmp_path / "code-ran"
+
+    class Marker:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    blob = pickle.dumps(Marker())
+    cat = Catalog(directory=tmp_path / "data")
+    try:
+        RE = RunEngine({})
+        RE.subscribe(cat.writer)
+        stage, shutter = SampleStage(name="stage"), Shutter(name="shutter")
+        fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=cat.raw_dir)
+        bytes_form = {b"nd": True, b"kind": b"O", b"data": blob}
+        with pytest.raises(TypeError, match="keys must be str"):
+            RE(ptycho_scan(fccd, stage, shutter, num_points=4, num_darks=1,
+                           md={"extra": bytes_form}))  # fmt: skip
+        cat.writer("start", {"uid": "x" * 36, "time": 0.0, "extra": bytes_form})
+        assert "cannot be stored and is left out" in caplog.text
+        text_form = {"nd": True, "kind": "O", "data": base64.b64encode(blob).decode()}
+        (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=9, num_darks=1,
+                                md={"extra": text_form}))  # fmt: skip
+        assert cat.writer.flush(120)
+        assert cat[uid].metadata["start"]["extra"] == text_form
+        result = replay(uid, cat, params={"reconstruction": {"final_iterations": 2}})
+        assert result.stored
+    finally:
+        cat.close()
+    assert not marker.exists()
