@@ -16,6 +16,7 @@ from bluesky_ptycho.core.arrays import backend, to_numpy
 from bluesky_ptycho.core.geometry import wavelength_m
 from bluesky_ptycho.core.ptycho import object_grid, probe_from_counts
 from bluesky_ptycho.core.solvers import Solver, make_options, solver_class
+from bluesky_ptycho.core.solvers.options import MAX_ITERATION
 from bluesky_ptycho.core.stxm import probe_estimate
 from bluesky_ptycho.io.cxi import CxiData, read_cxi, write_cxi
 
@@ -38,6 +39,8 @@ class ReconstructResult:
         Where the starting probe came from.
     ranks : int
         MPI ranks the scan was split over (1: one process).
+    left_out : int
+        Frames left out because they hold NaN or infinite values.
     """
 
     output: Path
@@ -48,6 +51,7 @@ class ReconstructResult:
     object_pixel_size_m: float
     probe_source: str
     ranks: int = 1
+    left_out: int = 0
 
 
 def prepare(
@@ -91,11 +95,19 @@ def prepare(
     positions_m = np.asarray(data.translations_m, np.float64)[:, :2]
     if not np.isfinite(positions_m).all():
         raise ValueError(f"{source}: entry_1/data_1/translation holds NaN or infinite values")
+    finite = np.isfinite(frames).all(axis=(1, 2))  # frames with NaN/inf pixels are left out
+    if not finite.any():
+        raise ValueError(f"{source}: every frame of entry_1/data_1/data holds NaN or inf values")
     grid_positions = positions_m if grid_from_m is None else grid_from_m
     grid = object_grid(grid_positions, dx, max(h, w), margin_px=16)
-    mean_counts = float(frames.sum(axis=(1, 2)).mean())
+    mean_counts = float(frames[finite].sum(axis=(1, 2)).mean())
     if data.illumination is not None:
         probe = np.asarray(data.illumination, np.complex64)
+        if probe.ndim not in (2, 3) or not np.isfinite(probe).all():
+            raise ValueError(
+                f"{source}: entry_1/instrument_1/source_1/illumination must be a finite (H, W) or "
+                f"(modes, H, W) array; it has shape {probe.shape}"
+            )
         if probe.shape[-2:] != (h, w):
             raise ValueError(
                 f"{source}: entry_1/instrument_1/source_1/illumination has shape {probe.shape}; "
@@ -105,7 +117,10 @@ def prepare(
     else:
         probe = to_numpy(
             probe_estimate(
-                frames.mean(axis=0), defocus_m=defocus_m, wavelength_m=lam, pixel_size_m=dx
+                frames[finite].mean(axis=0),
+                defocus_m=defocus_m,
+                wavelength_m=lam,
+                pixel_size_m=dx,
             )
         )
         origin = f"the mean diffraction pattern, defocus {defocus_m:.3g} m"
@@ -120,8 +135,9 @@ def prepare(
         None if mask is None else xp.asarray(mask),
     )
     for start in range(0, n, 256):  # in blocks: the host copy may be larger than the device
-        stop = min(n, start + 256)
-        solver.add_frames(np.arange(start, stop), xp.asarray(frames[start:stop]))
+        idx = np.arange(start, min(n, start + 256))[finite[start : start + 256]]
+        if len(idx):
+            solver.add_frames(idx, xp.asarray(frames[idx]))
     return solver, dx, origin
 
 
@@ -149,8 +165,8 @@ def reconstruct_cxi(
     reconstructs one region of the scan and the object is merged every
     iteration (:mod:`bluesky_ptycho.transport.mpi`); rank 0 writes the file.
     """
-    if iterations < 1:
-        raise ValueError(f"--iterations {iterations}: give at least 1")
+    if not 1 <= iterations <= MAX_ITERATION:
+        raise ValueError(f"--iterations {iterations}: give a number in [1, {MAX_ITERATION}]")
     ranks = 1 if comm is None else comm.size
     if ranks > 1:
         from bluesky_ptycho.transport.mpi import RegionMerge, select_device
@@ -182,6 +198,7 @@ def reconstruct_cxi(
         object_pixel_size_m=pixel,
         probe_source=origin,
         ranks=ranks,
+        left_out=int((~np.isfinite(data.frames).all(axis=(1, 2))).sum()),
     )
 
 

@@ -93,9 +93,18 @@ def encode(name: str, doc: dict, run: str | None = None) -> list[Any]:
             buffers.append(memoryview(a).cast("B") if a.size else b"")
             return {"__nd__": len(buffers) - 1, "dtype": a.dtype.str, "shape": list(a.shape)}
         if isinstance(value, dict):
+            for k in value:
+                if not isinstance(k, str):
+                    raise TypeError(
+                        f"a document's map key is {type(k).__name__} {k!r:.40}, not a string"
+                    )
             return {k: strip(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [strip(v) for v in value]
+        if isinstance(value, bytes | bytearray | memoryview):
+            raise TypeError(
+                "bytes cannot go in a document (documents hold JSON-like values and arrays)"
+            )
         return value
 
     header = msgpack.packb(

@@ -47,6 +47,7 @@ class SpoolGuard:
         self.give_up = give_up
         self.ok = Signal(name="spool_ok", value=1)
         self.failed = False
+        self.RE: Any = None
         self._timer: threading.Timer | None = None
         self.suspender = SuspendBoolLow(
             self.ok,
@@ -59,17 +60,26 @@ class SpoolGuard:
 
     def install(self, RE: Any) -> None:
         """Install the suspender on RunEngine *RE*."""
+        self.RE = RE
         RE.install_suspender(self.suspender)
+
+    def _put(self, value: int) -> None:
+        """Set the signal on the RunEngine's event loop: the suspender makes its asyncio
+        event there (from another thread it may fail to, when the loop is busy)."""
+        if self.RE is None:
+            self.ok.put(value)
+        else:
+            self.RE.loop.call_soon_threadsafe(self.ok.put, value)
 
     def _health(self, healthy: bool) -> None:
         if healthy:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self.ok.put(1)
+            self._put(1)
             return
         self.failed = False
-        self.ok.put(0)
+        self._put(0)
         if self._timer is None:
             self._timer = threading.Timer(self.give_up, self._expire)
             self._timer.daemon = True
@@ -79,7 +89,7 @@ class SpoolGuard:
         self._timer = None
         if not self.writer.healthy:
             self.failed = True
-            self.ok.put(1)  # ends the suspension; _after then fails the run
+            self._put(1)  # ends the suspension; _after then fails the run
 
     def _after(self) -> Generator[Any, None, None]:
         if self.failed:

@@ -61,7 +61,7 @@ def run_log_handler(folder: str | Path, start: dict) -> logging.Handler:
     scan = start.get("scan_id", 0)
     scan = scan if isinstance(scan, int) and not isinstance(scan, bool) else 0
     uid = str(start["uid"])
-    safe_uid = "".join(c for c in uid[:8] if c.isalnum() or c == "-") or "run"
+    safe_uid = "".join(c for c in uid[:64] if c.isalnum() or c == "-") or "run"
     path = folder / f"{stamp}_scan{scan}_{safe_uid}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
@@ -104,7 +104,7 @@ def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> P
     if run is not None:
         run = run.strip().lower()
         by_scan = [] if uid or not run.isdigit() else [f for f in files if _scan_of(f) == int(run)]
-        files = by_scan or [f for f in files if _uid8_of(f).startswith(run[:8])]
+        files = by_scan or [f for f in files if _uid_of(f).startswith(run)]
     if not files:
         what = f"for run {run!r}" if run else "yet"
         raise FileNotFoundError(
@@ -119,7 +119,7 @@ def _scan_of(path: Path) -> int | None:
     return int(scan) if scan.isdigit() else None
 
 
-def _uid8_of(path: Path) -> str:
+def _uid_of(path: Path) -> str:
     return path.stem.split("_", 2)[2]
 
 

@@ -138,8 +138,13 @@ class CatalogWriter:
         self._spool_error = ""
         self._written = 0
         self.orphans = 0
+        self.unstorable = 0
         self._confirmed: set[str] = set()
-        self._leftovers = sorted(self.spool_dir.glob(f"*{SUFFIX}"))
+        # overflow first: a run there is whole, its spool file here only a part of it
+        self._leftovers = [
+            *(p for d in overflow_dirs(self.spool_dir) for p in sorted(d.glob(f"*{SUFFIX}"))),
+            *sorted(self.spool_dir.glob(f"*{SUFFIX}")),
+        ]
         self._failed_leftovers: Counter = Counter()
         self._worker = Worker(
             "catalog-writer",
@@ -203,22 +208,55 @@ class CatalogWriter:
         if not self._worker.alive:
             return
         if not self.flush(timeout):
-            held = self.status().held_documents
             log.error(
                 "catalog writer closed with documents not yet in the catalog; those spooled in "
-                "%s are written when a catalog is next opened on that data directory%s",
+                "%s are written when a catalog is next opened on that data directory",
                 self.spool_dir,
-                f"; {held} could not be spooled (the disk stayed full) and are LOST"
-                if held
-                else "",
             )
         self._worker.close()
         self._worker.join(10)
         with self._lock:
+            self._overflow()
             for run in self._runs.values():
                 if run.fd is not None:
                     os.close(run.fd)  # releases the lock: a later writer may recover it
                     run.fd = None
+
+    def _overflow(self) -> None:
+        """At the end, runs with documents the disk refused: write each whole (what its
+        spool holds, then the held documents) to a folder on another filesystem, which the
+        next writer on this spool folder reads too (:func:`overflow_dir`)."""
+        for run in [r for r in self._runs.values() if r.held]:
+            head = b""
+            if run.path.exists():
+                with run.path.open("rb") as f:
+                    head = f.read(run.good)
+            body = b"".join(
+                bytes(memoryview(b).cast("B")) for parts in run.held for b in record(parts)
+            )
+            for folder in overflow_dirs(self.spool_dir):
+                target = folder / run.path.name
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    with target.open("wb") as f:
+                        f.write(head + body)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError as err:
+                    log.warning("could not write run %s's documents to %s either: %s", run.uid,
+                                target, err)  # fmt: skip
+                    target.unlink(missing_ok=True)
+                    continue
+                log.error(
+                    "run %s: %d documents the spool disk refused are written to %s instead; the "
+                    "next catalog opened on this data directory writes them (free space in %s)",
+                    run.uid, len(run.held), target, self.spool_dir,
+                )  # fmt: skip
+                run.held = []
+                break
+            else:
+                log.critical("run %s: %d documents could not be written anywhere and are LOST",
+                             run.uid, len(run.held))  # fmt: skip
 
     def _settled(self) -> bool:
         with self._lock:
@@ -231,15 +269,19 @@ class CatalogWriter:
 
     # -- the spool ---------------------------------------------------------------------------
     def _spool(self, name: str, doc: dict) -> tuple[_Run, int] | None:
-        if name == "start":
-            run = self._open(doc["uid"])
-        else:
-            uid = self._run_uid(name, doc)
-            run = self._runs.get(uid) if uid is not None else None
-            if run is None:
-                self.orphans += 1
-                log.warning("catalog writer: a %s document of no open run is not stored", name)
-                return None
+        uid = doc.get("uid") if name == "start" else self._run_uid(name, doc)
+        if name != "start" and uid not in self._runs:
+            self.orphans += 1
+            log.warning("catalog writer: a %s document of no open run is not stored", name)
+            return None
+        try:
+            parts = encode(name, doc, uid)
+        except (TypeError, ValueError) as err:  # (the catalog could not store it either)
+            self.unstorable += 1
+            log.error("a %s document of run %s cannot be stored and is left out: %s", name, uid,
+                      err)  # fmt: skip
+            return None
+        run = self._open(uid) if name == "start" else self._runs[uid]
         if name in ("descriptor", "stream_resource", "resource"):
             self._run_of[doc["uid"]] = run.uid
             run.members.add(doc["uid"])
@@ -249,7 +291,6 @@ class CatalogWriter:
             run.events[run.streams.get(doc["descriptor"], "?")] += 1
         elif name == "event_page":
             run.events[run.streams.get(doc["descriptor"], "?")] += len(doc["seq_num"])
-        parts = encode(name, doc, run.uid)
         index = run.documents
         run.documents += 1
         if run.held or not self._append(run, parts):  # (in order: behind what waits already)
@@ -435,6 +476,7 @@ class CatalogWriter:
             if self._container is None:
                 self._container = self._connect()
             stored = self._container[uid]
+            stored = getattr(stored, "v3", stored)  # (v2 clients, once databroker's view is made)
             if not stored.metadata.get("stop"):
                 return "no stop document"
             for stream, n in events.items():
@@ -504,6 +546,9 @@ class CatalogWriter:
         with self._lock:
             if uid in self._runs:
                 return
+        if uid in self._confirmed and path.parent == self.spool_dir:
+            path.unlink()  # its whole run came from the overflow folder
+            return
         fd = os.open(path, os.O_RDWR)
         try:
             try:
@@ -534,13 +579,27 @@ class CatalogWriter:
             if problem:
                 raise RuntimeError(f"run {uid} read back wrong after recovery: {problem}")
             path.unlink()
+            if path.parent != self.spool_dir:
+                (self.spool_dir / path.name).unlink(missing_ok=True)
             self._written += 1
+            self._confirmed.add(uid)
             log.warning(
                 "catalog: run %s, left by a process that ended, written from its spool (%d "
                 "documents, stop: %s)", uid, len(docs), docs[-1][1].get("exit_status"),
             )  # fmt: skip
         finally:
             os.close(fd)
+
+
+def overflow_dirs(spool_dir: Path) -> list[Path]:
+    """Where a spool folder's runs go when its disk refuses them at the end: a folder named
+    after it in shared memory (``/dev/shm``) or, failing that, the temporary folder."""
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha1(str(Path(spool_dir).resolve()).encode()).hexdigest()[:12]
+    roots = [Path("/dev/shm"), Path(tempfile.gettempdir())]
+    return [r / f"bluesky_ptycho-spool-{tag}" for r in roots if r.is_dir()]
 
 
 def dead_run_stop(docs: list[tuple[str, dict]]) -> dict:
@@ -579,13 +638,18 @@ def read_spool_file(path: str | Path) -> tuple[list[tuple[str, dict]], int]:
     path = Path(path)
     docs: list[tuple[str, dict]] = []
     with path.open("rb") as f:
-        for parts in read_records(f):
+        records = read_records(f)
+        while True:
+            at = f.tell()
+            parts = next(records, None)
+            if parts is None:
+                break
             try:
                 name, doc, _run = decode(parts)
             except BadMessage as err:
                 log.error("spool file %s: a record that is not a document (%s); reading stops",
                           path, err)  # fmt: skip
-                f.seek(f.tell() - sum(len(p) for p in parts))
+                f.seek(at)
                 break
             docs.append((name, _owned(doc)))
         dropped = path.stat().st_size - f.tell()

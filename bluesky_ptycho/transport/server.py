@@ -295,6 +295,9 @@ class Server:
     def _refuse(self, run: str, why: str) -> None:
         self.counters["refused_runs"] += 1
         _remember(self._refused, run)
+        n = self.counters["refused_runs"]
+        if n > 10 and n % 1000:
+            return
         log.error(
             "run %s refused: %d runs are open already (serve --max-open-runs %d); its documents "
             "are dropped. Runs open: %s",

@@ -15,127 +15,17 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from bluesky import RunEngine
+from backends import Backend, beamline
 from tiled_serve import TiledServe, free_port
 
 from bluesky_ptycho.acquisition.plans import ptycho_scan
-from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
 from bluesky_ptycho.io import codec
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.plugins.stage import Stage
-from bluesky_ptycho.transport import address
 from bluesky_ptycho.transport.control import ControlError, request
 from bluesky_ptycho.transport.publisher import Publisher
 from bluesky_ptycho.transport.security import generate_keys
 from bluesky_ptycho.transport.server import Server
-
-PIPELINE = """
-[pipeline]
-device = "cpu"
-cxi = true
-
-[stages.dark_statistics]
-inputs = ["raw"]
-
-[stages.frame_cleaning]
-inputs = ["raw", "dark_statistics"]
-where = "dask"
-params = { batch_size = 4 }
-
-[stages.stxm]
-inputs = ["frame_cleaning"]
-
-[stages.reconstruction]
-inputs = ["frame_cleaning", "stxm"]
-params = { final_iterations = 5, min_frames = 8 }
-
-[stages.quality]
-inputs = ["frame_cleaning", "reconstruction"]
-"""
-
-
-class Backend:
-    """``bluesky-ptycho serve`` in a process of its own, on free ports."""
-
-    def __init__(self, folder: Path, *extra: str, workers: int = 2, ports=None) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        pipeline = folder / "pipeline.toml"
-        pipeline.write_text(PIPELINE)
-        self.port, self.control_port = ports or (free_port(), free_port())
-        self.results = address("127.0.0.1", free_port())
-        self.address = address("127.0.0.1", self.port)
-        self.control = address("127.0.0.1", self.control_port)
-        env = {
-            **os.environ,
-            "BLUESKY_PTYCHO_DATA": str(folder / "data"),
-            "BLUESKY_PTYCHO_LOGS": str(folder / "logs"),
-        }
-        cmd = [
-            str(Path(sys.executable).with_name("bluesky-ptycho")),
-            "serve",
-            str(pipeline),
-            "--port",
-            str(self.port),
-            "--control-port",
-            str(self.control_port),
-            "--snapshot-port",
-            self.results.rpartition(":")[2],
-            "--workers",
-            str(workers),
-            "--max-in-flight",
-            "8",
-            # the "beamline's shared storage": every test's folder lies under pytest's base folder
-            "--data-root",
-            str(folder.parent),
-            *extra,
-        ]
-        self.log = (folder / "serve.log").open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (folder / "serve.log").read_text()
-            try:
-                request("ping", self.control, timeout=1)
-                return
-            except ControlError:
-                time.sleep(0.3)
-        raise TimeoutError((folder / "serve.log").read_text())
-
-    def status(self) -> dict:
-        return request("status", self.control, timeout=10)["status"]
-
-    def wait_finished(self, uid: str, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.status()["runs"].get(uid)
-            if run is not None and run["finished"]:
-                return run
-            time.sleep(0.5)
-        raise TimeoutError(f"run {uid} not finished: {self.status()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def log_text(self) -> str:
-        return (self.folder / "serve.log").read_text()
-
-
-def beamline(raw_dir: Path, publisher: Publisher, catalog=None):
-    RE = RunEngine({})
-    stage, shutter = SampleStage(name="stage"), Shutter(name="shutter")
-    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
-    if catalog is not None:
-        RE.subscribe(catalog.writer)
-    RE.subscribe(publisher)
-    return RE, fccd, stage, shutter
 
 
 def cleaned_points(catalog, uid: str) -> list[int]:
@@ -298,29 +188,7 @@ def test_status_command_prints_the_stages(backend):
     assert "documents received" in out.stdout and "dask: 2 worker(s)" in out.stdout
 
 
-# -- security and bad input, on an in-process server ------------------------------------------
-@pytest.fixture
-def local_server(tmp_path):
-    servers = []
-
-    def make(**kwargs) -> Server:
-        pipe = Pipeline(output_dir=None)
-        server = Server(
-            pipe, port=free_port(), control_port=free_port(), snapshot_port=free_port(), **kwargs
-        )
-        thread = threading.Thread(target=server.serve, daemon=True)
-        thread.start()
-        servers.append((server, thread, pipe))
-        return server
-
-    yield make
-    for server, thread, pipe in servers:
-        server.stop()
-        thread.join(10)
-        server.close()
-        pipe.close()
-
-
+# -- security and bad input, on an in-process server (tests/transport/conftest.py) ----------
 def test_binding_beyond_localhost_needs_keys():
     with pytest.raises(ValueError, match=r"needs CURVE keys.*bluesky-ptycho keys"):
         Server(Pipeline(), host="0.0.0.0", port=free_port(), control_port=free_port())
