@@ -228,7 +228,7 @@ class LiveView(QWidget):
             self.viewer.layers[name].data = data
         else:
             self.viewer.add_image(data, name=name, **kwargs)
-            self.viewer.grid.enabled = True  # side by side, as the paper's GUI showed them
+            self.viewer.grid.enabled = True  # side by side, as Nanosurveyor's GUI showed them
 
     def _points(self, yx: np.ndarray) -> None:
         """Bad points over the STXM image (in its pixels)."""
