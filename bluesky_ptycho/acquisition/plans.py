@@ -52,9 +52,10 @@ def ptycho_scan(
 
     Parameters
     ----------
-    detector : SimFCCD (or a real FCCD with the same configuration)
-    stage : SampleStage
-    shutter : Shutter
+    detector : SimFCCD or EpicsFCCD (areaDetector over EPICS)
+        A device name through the queue server.
+    stage : SampleStage or EpicsSampleStage (two motor records)
+    shutter : Shutter or EpicsShutter
     num_points : int
         Scan points (ignored when *positions* is given).
     step : float
