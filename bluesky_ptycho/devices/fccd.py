@@ -26,7 +26,7 @@ from ophyd.status import DeviceStatus
 from bluesky_ptycho.core import fccd as fccd_geom
 from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
 from bluesky_ptycho.core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
-from bluesky_ptycho.devices.stage import SampleStage, Shutter
+from bluesky_ptycho.devices.stage import SampleStage, Shutter, position_m
 from bluesky_ptycho.io.frames import MIMETYPE, FrameFileWriter
 
 DEFAULT_DEFECTS = FCCDDefects()
@@ -150,6 +150,10 @@ class SimFCCD(Device):
             self._sample = SimulatedSample(geometry=g, zone_plate=zp)
         return self._sample
 
+    def zone_plate(self) -> ZonePlate:
+        """The zone plate focusing the beam (the simulated one)."""
+        return self.sample.zone_plate
+
     def check_configured(self) -> None:
         """Raise ``ValueError`` naming what is not configured (called by plans before a run)."""
         problems = []
@@ -197,7 +201,7 @@ class SimFCCD(Device):
         if self._writer is None:
             raise RuntimeError(f"detector {self.name!r} must be staged before it is triggered")
         status = DeviceStatus(self)
-        position = (float(self.stage_device.x.position), float(self.stage_device.y.position))
+        position = (position_m(self.stage_device.x), position_m(self.stage_device.y))
         shutter_open = self.shutter.is_open
         point = getattr(self.stage_device, "point", None)
         fault = (
