@@ -84,7 +84,7 @@ class Beamline:
         )
 
     def put(self, suffix: str, value) -> None:  # type: ignore[no-untyped-def]
-        ca.write(suffix, value, notify=True, timeout=5)
+        ca.write(suffix, value, notify=True, timeout=5, repeater=False)
 
 
 @pytest.fixture
@@ -110,42 +110,49 @@ def _docs(RE: RunEngine) -> list:
 
 
 def test_caproto_get_and_put_from_a_shell(beamline, ca_port):
+    # --no-repeater (and repeater=False below): a CA repeater daemon, which the clients start
+    # when none runs, would inherit the pipes and hold them open long after the client ended.
     beamline(["--no-defects"], default_names=True)
     env = {**os.environ, **ca_environment(ca_port)}
     bindir = Path(sys.executable).parent
     get = subprocess.run(
-        [bindir / "caproto-get", "PTYCHO:FCCD:cam1:ArrayCounter_RBV", "PTYCHO:STAGE:X.EGU"],
-        capture_output=True, text=True, env=env, timeout=30,
+        [bindir / "caproto-get", "--no-repeater", "PTYCHO:FCCD:cam1:ArrayCounter_RBV", "PTYCHO:STAGE:X.EGU"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )  # fmt: skip
     assert get.returncode == 0, get.stderr
     assert "PTYCHO:FCCD:cam1:ArrayCounter_RBV" in get.stdout and "[0]" in get.stdout
     assert "[um]" in get.stdout
     put = subprocess.run(
-        [bindir / "caproto-put", "PTYCHO:STAGE:X", "1e-6"],
-        capture_output=True, text=True, env=env, timeout=30,
+        [bindir / "caproto-put", "--no-repeater", "PTYCHO:STAGE:X", "1e-6"],
+        capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert put.returncode == 0, put.stderr
     assert "New : PTYCHO:STAGE:X" in put.stdout and "[1.e-06]" in put.stdout
     # the motor moves there; its readback (the encoder) is near, not exactly on it
     time.sleep(0.5)
     deadline = time.monotonic() + 10
-    while ca.read("PTYCHO:STAGE:X.DMOV").data[0] != 1:
+    while ca.read("PTYCHO:STAGE:X.DMOV", repeater=False).data[0] != 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert abs(ca.read("PTYCHO:STAGE:X.RBV").data[0] - 1e-6) < 0.2
+    assert abs(ca.read("PTYCHO:STAGE:X.RBV", repeater=False).data[0] - 1e-6) < 0.2
     # a finite speed (VELO, µm/s), and STOP stops it where it is
-    assert ca.read("PTYCHO:STAGE:X.VELO").data[0] == 100.0
-    ca.write("PTYCHO:STAGE:X", 40.0, notify=True)
+    assert ca.read("PTYCHO:STAGE:X.VELO", repeater=False).data[0] == 100.0
+    ca.write("PTYCHO:STAGE:X", 40.0, notify=True, repeater=False)
     time.sleep(0.15)
-    assert ca.read("PTYCHO:STAGE:X.DMOV").data[0] == 0
-    ca.write("PTYCHO:STAGE:X.STOP", 1, notify=True)
+    assert ca.read("PTYCHO:STAGE:X.DMOV", repeater=False).data[0] == 0
+    ca.write("PTYCHO:STAGE:X.STOP", 1, notify=True, repeater=False)
     deadline = time.monotonic() + 5
-    while ca.read("PTYCHO:STAGE:X.DMOV").data[0] != 1:
+    while ca.read("PTYCHO:STAGE:X.DMOV", repeater=False).data[0] != 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    stopped = ca.read("PTYCHO:STAGE:X.RBV").data[0]
+    stopped = ca.read("PTYCHO:STAGE:X.RBV", repeater=False).data[0]
     assert 2.0 < stopped < 35.0
-    assert abs(ca.read("PTYCHO:STAGE:X").data[0] - stopped) < 0.2  # VAL: where it stopped
+    assert (
+        abs(ca.read("PTYCHO:STAGE:X", repeater=False).data[0] - stopped) < 0.2
+    )  # VAL: where it stopped
 
 
 @pytest.mark.slow
@@ -274,7 +281,7 @@ def test_a_detector_that_never_finishes_times_out_naming_it(beamline):
     stop = next(d for n, d in docs if n == "stop")
     assert stop["exit_status"] == "fail" and "fccd" in stop["reason"]
     # the hung acquisition was stopped: the camera is idle again
-    assert ca.read(b.fccd_prefix + "cam1:Acquire").data[0] in (0, b"Done")
+    assert ca.read(b.fccd_prefix + "cam1:Acquire", repeater=False).data[0] in (0, b"Done")
 
 
 def test_limits_refused_before_the_scan_and_a_limit_switch_mid_scan(beamline):
