@@ -21,12 +21,21 @@ from bluesky_ptycho.plugins.registry import (
     distribution_of,
     load_stage,
 )
-from bluesky_ptycho.plugins.stage import Callback, DerivedRun, Stage, array_key, scalar_key
+from bluesky_ptycho.plugins.stage import (
+    Callback,
+    DerivedRun,
+    ExitStatus,
+    Stage,
+    array_key,
+    metadata,
+    scalar_key,
+)
 
 __all__ = [
     "GROUP",
     "Callback",
     "DerivedRun",
+    "ExitStatus",
     "Param",
     "Stage",
     "array_key",
@@ -34,5 +43,6 @@ __all__ = [
     "describe",
     "distribution_of",
     "load_stage",
+    "metadata",
     "scalar_key",
 ]

@@ -23,16 +23,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from event_model import DocumentRouter, compose_run
+from event_model.documents import (
+    DatumPage,
+    Event,
+    EventDescriptor,
+    EventPage,
+    Resource,
+    RunStart,
+    RunStop,
+    StreamDatum,
+    StreamResource,
+)
 
 from bluesky_ptycho.core.params import Param, problems
 from bluesky_ptycho.threads import Worker, bind_run
 
-Callback = Callable[[str, dict], Any]
+ExitStatus = Literal["success", "abort", "fail"]
+#: what receives documents: ``callback(name, doc)``
+Callback = Callable[[str, Mapping[str, Any]], Any]
 
 
 class Stage(DocumentRouter):
@@ -124,7 +137,7 @@ class Stage(DocumentRouter):
         """Send this stage's output documents to *callback(name, doc)*."""
         self._subscribers.append(callback)
 
-    def publish(self, name: str, doc: dict) -> None:
+    def publish(self, name: str, doc: Mapping[str, Any]) -> None:
         """Send one output document to every subscriber (errors there are logged)."""
         for cb in list(self._subscribers):
             try:
@@ -191,7 +204,9 @@ class Stage(DocumentRouter):
         setattr(self, name, value)
         self.log.info("%s set to %r during the run", name, value)
 
-    def abort(self, reason: str = "aborted by the operator", exit_status: str = "abort") -> None:
+    def abort(
+        self, reason: str = "aborted by the operator", exit_status: ExitStatus = "abort"
+    ) -> None:
         """Drop what is queued, stop the derived runs (``exit_status`` "abort", or "fail" when
         the back-end closes a run), end the thread."""
         self.aborted = True
@@ -199,7 +214,7 @@ class Stage(DocumentRouter):
         self.call_soon(lambda: self._abort(reason, exit_status))
         self.close()
 
-    def _abort(self, reason: str, exit_status: str = "abort") -> None:
+    def _abort(self, reason: str, exit_status: ExitStatus = "abort") -> None:
         self.on_abort()
         for run in self._derived:
             run.stop(exit_status, reason)
@@ -247,30 +262,38 @@ class Stage(DocumentRouter):
                 doc["run_start"], doc.get("exit_status"), len(self.errors),
             )  # fmt: skip
 
-    # Documents a stage does not care about pass by quietly.
-    def start(self, doc: dict) -> None:
+    # Documents a stage does not care about pass by quietly. (Overrides return None; the
+    # base returns Any so that event-model's signatures, which return documents, allow it.)
+    def start(self, doc: RunStart) -> Any:
         return None
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: EventDescriptor) -> Any:
         return None
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> Any:
         return None
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: StreamResource) -> Any:
         return None
 
-    def stream_datum(self, doc: dict) -> None:
+    def stream_datum(self, doc: StreamDatum) -> Any:
         return None
 
-    def resource(self, doc: dict) -> None:
+    def resource(self, doc: Resource) -> Any:
         return None
 
-    def datum_page(self, doc: dict) -> None:
+    def datum_page(self, doc: DatumPage) -> Any:
         return None
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> Any:
         return None
+
+
+def metadata(doc: Mapping[str, Any], key: str = "ptycho") -> dict[str, Any]:
+    """A start document's block of metadata *key* (the ``"ptycho"`` one by default) as a
+    plain dict; empty when the document has none (or not a map)."""
+    block = doc.get(key)
+    return dict(block) if isinstance(block, Mapping) else {}
 
 
 def array_key(arr: np.ndarray, source: str) -> dict:
@@ -314,7 +337,8 @@ class DerivedRun:
         }
         md = {k: v for k, v in md.items() if v is not None}
         self._bundle = compose_run(metadata=md)
-        self.start_doc = self._bundle.start_doc
+        #: the derived run's start document (with its ``source_run``, ``stage`` and metadata)
+        self.start_doc: dict[str, Any] = dict(self._bundle.start_doc)
         self._descriptors: dict[str, Any] = {}
         self.stopped = False
         stage.publish("start", self.start_doc)
@@ -323,7 +347,7 @@ class DerivedRun:
     def uid(self) -> str:
         return self.start_doc["uid"]
 
-    def event(self, stream: str, data: dict[str, Any]) -> dict:
+    def event(self, stream: str, data: dict[str, Any]) -> Event:
         """Emit one event in *stream* (its descriptor is made from the first event)."""
         if stream not in self._descriptors:
             keys = {
@@ -341,7 +365,7 @@ class DerivedRun:
         self.stage.publish("event", ev)
         return ev
 
-    def stop(self, exit_status: str = "success", reason: str = "") -> None:
+    def stop(self, exit_status: ExitStatus = "success", reason: str = "") -> None:
         """Emit the stop document (once)."""
         if self.stopped:
             return
