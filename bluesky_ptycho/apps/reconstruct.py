@@ -14,8 +14,8 @@ import numpy as np
 from bluesky_ptycho.core import metrics
 from bluesky_ptycho.core.arrays import backend, to_numpy
 from bluesky_ptycho.core.geometry import wavelength_m
-from bluesky_ptycho.core.ptycho import object_grid, probe_from_counts
-from bluesky_ptycho.core.solvers import Solver, make_options, solver_class
+from bluesky_ptycho.core.solvers import Solver
+from bluesky_ptycho.core.solvers.setup import low_flux, setup_solver
 from bluesky_ptycho.core.stxm import probe_estimate
 from bluesky_ptycho.io.cxi import CxiData, read_cxi, write_cxi
 
@@ -38,6 +38,8 @@ class ReconstructResult:
         Where the starting probe came from.
     ranks : int
         MPI ranks the scan was split over (1: one process).
+    stopped_by : str
+        Why iterating ended: the convergence stop, or the count.
     """
 
     output: Path
@@ -48,6 +50,7 @@ class ReconstructResult:
     object_pixel_size_m: float
     probe_source: str
     ranks: int = 1
+    stopped_by: str = ""
 
 
 def prepare(
@@ -91,9 +94,9 @@ def prepare(
     positions_m = np.asarray(data.translations_m, np.float64)[:, :2]
     if not np.isfinite(positions_m).all():
         raise ValueError(f"{source}: entry_1/data_1/translation holds NaN or infinite values")
-    grid_positions = positions_m if grid_from_m is None else grid_from_m
-    grid = object_grid(grid_positions, dx, max(h, w), margin_px=16)
-    mean_counts = float(frames.sum(axis=(1, 2)).mean())
+    counts = frames.sum(axis=(1, 2))
+    dark = low_flux(counts)
+    mean_counts = float(counts[~dark].mean())
     if data.illumination is not None:
         probe = np.asarray(data.illumination, np.complex64)
         if probe.shape[-2:] != (h, w):
@@ -109,19 +112,24 @@ def prepare(
             )
         )
         origin = f"the mean diffraction pattern, defocus {defocus_m:.3g} m"
-    probe = probe_from_counts(probe, mean_counts)
-    opts = make_options(algorithm, probe_modes=modes, **(options or {}))
     mask = None if data.mask is None else np.asarray(data.mask) == 0
-    solver = solver_class(algorithm)(
-        grid.to_pixels(positions_m),
-        grid.shape,
+    made = setup_solver(
+        positions_m,
+        dx,
         xp.asarray(probe),
-        opts,
+        mean_counts,
+        algorithm,
+        {"probe_modes": modes, **(options or {})},
         None if mask is None else xp.asarray(mask),
+        grid_from_m=grid_from_m,
     )
+    solver = made.solver
     for start in range(0, n, 256):  # in blocks: the host copy may be larger than the device
         stop = min(n, start + 256)
         solver.add_frames(np.arange(start, stop), xp.asarray(frames[start:stop]))
+    dark = low_flux(counts)
+    if dark.any():  # a beam dump or a failed readout: left out, as the live monitor does
+        solver.flag(np.flatnonzero(dark))
     return solver, dx, origin
 
 
@@ -129,13 +137,14 @@ def reconstruct_cxi(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     algorithm: str = "rpie",
-    iterations: int = 100,
+    iterations: int = 200,
     modes: int = 1,
     device: str = "cpu",
     options: dict[str, Any] | None = None,
     progress: Callable[[int, float], Any] | None = None,
     defocus_m: float = 0.0,
     comm: Any = None,
+    converge: bool = True,
 ) -> ReconstructResult:
     """Reconstruct the ptychography scan in *input_path*; write probe and object to *output_path*.
 
@@ -143,7 +152,10 @@ def reconstruct_cxi(
     geometry) plus the probe in ``entry_1/image_1/data`` and the object in
     ``entry_1/image_2/data`` with the object's pixel size (the layout
     ptychodus reads). *progress(iteration, data_error)* is called after
-    each iteration.
+    each iteration. Iterating stops when the object has converged (the
+    solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence` rule
+    with the options' ``stop_tolerance``), after at most *iterations*; with
+    ``converge=False`` (and always with MPI) it runs them all.
 
     With an MPI communicator *comm* of more than one rank, each rank
     reconstructs one region of the scan and the object is merged every
@@ -161,11 +173,14 @@ def reconstruct_cxi(
         data, algorithm, modes, device, options, str(input_path), defocus_m=defocus_m
     )
     step = RegionMerge(comm, solver).iterate if ranks > 1 else solver.iterate
+    stop = solver.convergence(tolerance=None if converge else 0.0)
     t0 = time.perf_counter()
     for _ in range(iterations):
         err = step(1)
         if progress is not None and err:
             progress(solver.iteration, err[0])
+        if ranks == 1 and stop.update(solver):
+            break
     seconds = time.perf_counter() - t0
     data.probe = to_numpy(solver.probe)
     data.object = to_numpy(solver.object)
@@ -182,6 +197,7 @@ def reconstruct_cxi(
         object_pixel_size_m=pixel,
         probe_source=origin,
         ranks=ranks,
+        stopped_by=stop.reason or f"{solver.iteration} iterations",
     )
 
 

@@ -8,8 +8,11 @@ The worker iterates as long as there are frames, publishes a
 :class:`Snapshot` after the first iteration that ends ``snapshot_interval``
 seconds or more after the last one (a frame is in the live image at most
 one interval plus one iteration after it arrived), and, once
-:meth:`finish` says no more frames come, runs ``final_iterations`` more and
-publishes the final snapshot. Callbacks run on the worker thread.
+:meth:`finish` says no more frames come, iterates until the object stops
+changing (the solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence`
+rule: its estimated remaining change below the options' ``stop_tolerance``),
+at most ``final_iterations`` more, and publishes the final snapshot.
+Callbacks run on the worker thread.
 
 NumPy's FFTs and array loops release the GIL, so on CPU the worker runs
 beside the thread that receives frames; on CuPy it only queues kernels.
@@ -88,7 +91,8 @@ class StreamingReconstruction:
     snapshot_interval : float
         Seconds between snapshots while iterating (> 0).
     final_iterations : int
-        Iterations after :meth:`finish` (>= 0).
+        Most iterations after :meth:`finish` (>= 0); fewer when the object
+        has converged (the solver's ``stop_tolerance``; 0 there: all of them).
     min_frames : int
         Frames needed before the first iteration (all of them if the scan
         has fewer).
@@ -131,6 +135,8 @@ class StreamingReconstruction:
         self._abort = False
         self._received = 0
         self.final: Snapshot | None = None
+        #: why the final iterations ended ("" until they have)
+        self.stop_reason = ""
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._t0 = time.monotonic()
@@ -212,12 +218,22 @@ class StreamingReconstruction:
 
     def _run(self) -> None:
         after = 0
+        stop = None
         try:
             while not self._abort:
                 self._drain()
+                if self._finished and stop is None:
+                    stop = self.solver.convergence().after(self.solver)
                 if self._finished and (
-                    after >= self.final_iterations or self.solver.n_measured == 0
+                    after >= self.final_iterations
+                    or self.solver.n_measured == 0
+                    or (after and stop is not None and stop.update(self.solver))
                 ):
+                    self.stop_reason = (
+                        stop.reason
+                        if stop is not None and stop.reason
+                        else f"{after} final iterations"
+                    )
                     break
                 if not self._ready():
                     self._wake.wait(0.05)
