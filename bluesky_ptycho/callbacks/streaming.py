@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.core.arrays import to_numpy
+from bluesky_ptycho.core.metrics import FRC
 from bluesky_ptycho.core.solvers import Solver
+from bluesky_ptycho.core.solvers.halves import half_set_frc
 
 log = logging.getLogger("bluesky_ptycho.callbacks.streaming")
 
@@ -65,6 +67,12 @@ class Snapshot:
         View corners (refined, when position refinement is on).
     frame_errors : (N,) float64
         Each frame's data error against this model (NaN: not measured).
+    frc : FRC or None
+        The latest Fourier ring correlation of the even and odd frames'
+        objects (:func:`~bluesky_ptycho.core.solvers.halves.half_set_frc`),
+        resolution in object pixels; None before the first.
+    frc_iteration : int
+        The iteration at which that FRC was taken (-1: none yet).
     """
 
     object: np.ndarray
@@ -79,6 +87,8 @@ class Snapshot:
     origin_shift: tuple[int, int] = (0, 0)
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     frame_errors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    frc: FRC | None = None
+    frc_iteration: int = -1
 
 
 class StreamingReconstruction:
@@ -102,6 +112,18 @@ class StreamingReconstruction:
     on_iteration : callable(iteration, data_error, n_measured), optional
     on_error : callable(exception), optional
         Called if the solver fails (the error is also raised by :meth:`wait`).
+    frc_interval : float
+        Seconds between half-set FRCs while the scan runs (each costs about
+        as much as six iterations; 0: none while it runs). The next snapshot
+        carries it.
+    final_frc : bool
+        Take the FRC once more after the final snapshot (the final image is
+        not held up by it) and hand it to *on_frc*.
+    on_frc : callable(FRC, iteration, final), optional
+        Called with each FRC taken.
+    on_end : callable(), optional
+        Called last, after the final snapshot and FRC (not after an abort or
+        an error).
     """
 
     def __init__(
@@ -114,6 +136,10 @@ class StreamingReconstruction:
         on_snapshot: Callable[[Snapshot], Any] | None = None,
         on_iteration: Callable[[int, float, int], Any] | None = None,
         on_error: Callable[[BaseException], Any] | None = None,
+        frc_interval: float = 30.0,
+        final_frc: bool = True,
+        on_frc: Callable[[FRC, int, bool], Any] | None = None,
+        on_end: Callable[[], Any] | None = None,
     ) -> None:
         if not snapshot_interval > 0:
             raise ValueError(f"snapshot_interval={snapshot_interval} must be positive (seconds)")
@@ -121,6 +147,8 @@ class StreamingReconstruction:
             raise ValueError(f"final_iterations={final_iterations} must be >= 0")
         if min_frames < 1:
             raise ValueError(f"min_frames={min_frames} must be >= 1")
+        if not frc_interval >= 0:
+            raise ValueError(f"frc_interval={frc_interval} must be >= 0 (seconds; 0: none live)")
         self.solver = solver
         self.snapshot_interval = float(snapshot_interval)
         self.final_iterations = int(final_iterations)
@@ -129,6 +157,13 @@ class StreamingReconstruction:
         self.on_snapshot = on_snapshot
         self.on_iteration = on_iteration
         self.on_error = on_error
+        self.frc_interval = float(frc_interval)
+        self.final_frc = bool(final_frc)
+        self.on_frc = on_frc
+        self.on_end = on_end
+        self.frc: FRC | None = None
+        self.frc_iteration = -1
+        self._last_frc = time.monotonic()
         self._inbox: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._finished = False
@@ -245,9 +280,20 @@ class StreamingReconstruction:
                 if err and self.on_iteration is not None:
                     self.on_iteration(self.solver.iteration, err[0], self.solver.n_measured)
                 if time.monotonic() - self._last_snapshot >= self.snapshot_interval:
+                    if (
+                        self.frc_interval
+                        and not self._finished
+                        and time.monotonic() - self._last_frc >= self.frc_interval
+                    ):
+                        self._take_frc(final=False)
                     self._publish(final=False)
             if not self._abort:
                 self.final = self._publish(final=True)
+                if self.final_frc and self.solver.n_measured:
+                    self._take_frc(final=True)
+                    self.final.frc, self.final.frc_iteration = self.frc, self.frc_iteration
+                if self.on_end is not None:
+                    self.on_end()
         except BaseException as err:  # reported to wait() and logged, never lost
             self.error = err
             log.exception("streaming reconstruction failed")
@@ -255,6 +301,15 @@ class StreamingReconstruction:
                 self.on_error(err)
         finally:
             self.done.set()
+
+    def _take_frc(self, final: bool) -> None:
+        self._last_frc = time.monotonic()
+        frc = half_set_frc(self.solver)
+        if frc is None:
+            return
+        self.frc, self.frc_iteration = frc, self.solver.iteration
+        if self.on_frc is not None:
+            self.on_frc(frc, self.solver.iteration, final)
 
     def snapshot(self, final: bool = False) -> Snapshot:
         """The current state as host arrays (call from the worker, or after the end)."""
@@ -272,6 +327,8 @@ class StreamingReconstruction:
             origin_shift=s.origin_shift,
             positions=s.positions.copy(),
             frame_errors=s.frame_errors() if s.n_measured else np.full(len(s.weights), np.nan),
+            frc=self.frc,
+            frc_iteration=self.frc_iteration,
         )
 
     def _publish(self, final: bool) -> Snapshot:

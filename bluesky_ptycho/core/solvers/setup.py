@@ -52,6 +52,8 @@ def setup_solver(
     options: dict[str, Any] | None = None,
     detector_mask: Array | None = None,
     grid_from_m: np.ndarray | None = None,
+    grid: ObjectGrid | None = None,
+    corners: np.ndarray | None = None,
 ) -> SolverSetup:
     """A solver for a scan: object grid, probe scaled to the counts, options by name.
 
@@ -73,16 +75,21 @@ def setup_solver(
         False where detector pixels are invalid.
     grid_from_m : (K, 2) float, optional
         Positions the object grid must hold (default *positions_m*).
+    grid : ObjectGrid, optional
+        The object grid, made before (by :func:`scan_grid`): used as it is.
+    corners : (N, 2) float, optional
+        View corners on *grid* (default: *positions_m* converted), e.g. with
+        points added since the grid was made.
     """
     xp = get_xp(probe)
     h, w = probe.shape[-2:]
     pos = np.asarray(positions_m, np.float64)[:, :2]
-    grid = object_grid(pos if grid_from_m is None else grid_from_m, pixel_size_m, max(h, w),
-                       margin_px=MARGIN_PX)  # fmt: skip
+    if grid is None:
+        grid = scan_grid(pos if grid_from_m is None else grid_from_m, pixel_size_m, max(h, w))
     if mean_counts is not None:
         probe = probe_from_counts(probe, mean_counts)
     opts = make_options(algorithm, **(options or {}))
-    corners = grid.to_pixels(pos)
+    corners = grid.to_pixels(pos) if corners is None else np.asarray(corners, np.float64)
     solver = solver_class(algorithm)(
         corners,
         grid.shape,
@@ -91,6 +98,12 @@ def setup_solver(
         None if detector_mask is None else xp.asarray(detector_mask, dtype=bool),
     )
     return SolverSetup(solver, grid, corners)
+
+
+def scan_grid(positions_m: np.ndarray, pixel_size_m: float, frame_px: int) -> ObjectGrid:
+    """The object grid of a scan: every view, and :data:`MARGIN_PX` to spare on each side."""
+    return object_grid(np.asarray(positions_m, np.float64)[:, :2], pixel_size_m, frame_px,
+                       margin_px=MARGIN_PX)  # fmt: skip
 
 
 def low_flux(counts: np.ndarray, fraction: float = LOW_FLUX) -> np.ndarray:
