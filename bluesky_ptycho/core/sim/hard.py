@@ -141,9 +141,13 @@ CASES: dict[str, HardCase] = {
 
 def small(case: HardCase, points: int = 144, frame_px: int = 64) -> HardCase:
     """A small version of *case* for the tests: the same physics and faults, fewer points
-    and smaller frames (the detector's pixels keep their size, so the object pixels grow
-    and the probe and the step, in m, keep the overlap)."""
-    return replace(case, points=points, frame_px=frame_px)
+    and smaller frames. The detector's pixels keep their size, so the object pixels grow
+    (by ``case.frame_px / frame_px``); the probe and the step keep their size in m, and
+    the position errors and the source's spread keep theirs (fewer pixels)."""
+    k = frame_px / case.frame_px
+    return replace(case, points=points, frame_px=frame_px, encoder_px=case.encoder_px * k,
+                   random_px=case.random_px * k, drift_px=case.drift_px * k,
+                   source_sigma_px=case.source_sigma_px * k)  # fmt: skip
 
 
 @dataclass

@@ -13,7 +13,11 @@ below ``tolerance`` (relative to the object's norm, the unit of the object
 error). With noisy data the changes of a stochastic solver level off instead
 of shrinking (``r`` near 1): the solvers then lower their step (see
 :attr:`~bluesky_ptycho.core.solvers.base.Solver.step_scale`), which makes the
-changes shrink again, so the rule stops there too; ``max_iterations`` caps it.
+changes shrink again, so the rule stops there too; ``max_iterations`` caps it. Where the changes level off even at the
+smallest step (positions still being refined, the ambiguities drifting),
+iterating also stops once the data error has been flat (within
+:data:`FLAT` over :data:`FLAT_SPAN` iterations) at that step: nothing
+the solver can still do moves it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ from dataclasses import dataclass, field
 
 #: the stop's default tolerance: the object is within 0.4 % (of its norm) of where it goes
 TOLERANCE = 4e-3
+#: the data error is flat when it changed by less than this fraction ...
+FLAT = 5e-3
+#: ... over this many iterations
+FLAT_SPAN = 5
+
+
+def _flat_at_floor(solver: object) -> bool:
+    """The solver's step is at its floor and its data error has stopped moving."""
+    opts = getattr(solver, "options", None)
+    floor = getattr(opts, "min_step_scale", None)
+    errors = getattr(solver, "errors", [])
+    if floor is None or getattr(solver, "step_scale", 1.0) > floor or len(errors) <= FLAT_SPAN:
+        return False
+    if not getattr(opts, "step_adapt", False):
+        return False
+    a, b = errors[-1 - FLAT_SPAN], errors[-1]
+    return abs(a - b) <= FLAT * abs(b)
 
 
 @dataclass
@@ -97,6 +118,9 @@ class Convergence:
             and self.remaining < self.tolerance
         ):
             self.reason = f"object converged (remaining change {self.remaining:.2g})"
+            return True
+        if self.tolerance > 0 and self.seen >= self.min_iterations and _flat_at_floor(solver):
+            self.reason = "data error flat at the smallest step"
             return True
         if self.max_iterations and self.seen >= self.max_iterations:
             self.reason = f"{self.max_iterations} iterations"
