@@ -14,8 +14,8 @@ error). With noisy data the changes of a stochastic solver level off instead
 of shrinking (``r`` near 1): the solvers then lower their step (see
 :attr:`~bluesky_ptycho.core.solvers.base.Solver.step_scale`), which makes the
 changes shrink again, so the rule stops there too; ``max_iterations`` caps
-it. Where the changes level off even at the smallest step (positions still being refined, the ambiguities drifting),
-iterating also stops once the data error has been flat (within
+it. Where the changes level off even at the smallest step (positions
+still being refined, the ambiguities drifting), iterating also stops once the data error has been flat (within
 :data:`FLAT` over :data:`FLAT_SPAN` iterations) at that step: nothing
 the solver can still do moves it.
 """
