@@ -8,7 +8,9 @@ The worker iterates as long as there are frames, publishes a
 :class:`Snapshot` after the first iteration that ends ``snapshot_interval``
 seconds or more after the last one (a frame is in the live image at most
 one interval plus one iteration after it arrived), and, once
-:meth:`finish` says no more frames come, iterates until the object stops
+:meth:`finish` says no more frames come, lowers the solver's step (a quarter,
+then halved every iteration: the live image is near its solution, and
+smaller steps average the noise out), iterates until the object stops
 changing (the solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence`
 rule: its estimated remaining change below the options' ``stop_tolerance``),
 at most ``final_iterations`` more, and publishes the final snapshot.
@@ -161,6 +163,8 @@ class StreamingReconstruction:
         self.final_frc = bool(final_frc)
         self.on_frc = on_frc
         self.on_end = on_end
+        #: lower the step at finish() (:meth:`~bluesky_ptycho.core.solvers.Solver.anneal`)
+        self.anneal = True
         self.frc: FRC | None = None
         self.frc_iteration = -1
         self._last_frc = time.monotonic()
@@ -259,6 +263,8 @@ class StreamingReconstruction:
                 self._drain()
                 if self._finished and stop is None:
                     stop = self.solver.convergence().after(self.solver)
+                    if self.anneal:
+                        self.solver.anneal()
                 if self._finished and (
                     after >= self.final_iterations
                     or self.solver.n_measured == 0

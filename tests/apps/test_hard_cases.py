@@ -20,18 +20,22 @@ from bluesky_ptycho.core.sim import hard
 from bluesky_ptycho.core.solvers.setup import MARGIN_PX
 from bluesky_ptycho.io.cxi import CxiData
 
-# case: (measured error at the stop, threshold, measured stop iteration)
+# case: (measured error at the stop, threshold, measured stop iteration, error after
+# 50 more iterations)
 MEASURED = {
-    "a_probe": (0.0747, 0.10, 68),
-    "b_positions": (0.1223, 0.16, 81),
-    "c_dose_1e5": (0.0927, 0.12, 71),
-    "c_dose_1e4": (0.2041, 0.25, 60),
-    "d_coherence": (0.1336, 0.17, 76),
-    "e_raster": (0.1184, 0.15, 63),
-    "f_phase": (0.151, 0.19, 57),
-    "g_missing": (0.0882, 0.115, 67),
-    "h_large": (0.075, 0.10, 64),
+    "a_probe": (0.0747, 0.10, 62, 0.0769),
+    "b_positions": (0.1217, 0.16, 78, 0.1205),
+    "c_dose_1e5": (0.0919, 0.12, 65, 0.0956),
+    "c_dose_1e4": (0.2076, 0.25, 35, 0.2069),
+    "d_coherence": (0.1336, 0.17, 74, 0.1356),
+    "e_raster": (0.1186, 0.15, 60, 0.1048),
+    "f_phase": (0.1505, 0.19, 51, 0.1545),
+    "g_missing": (0.0882, 0.115, 64, 0.0895),
+    "h_large": (0.075, 0.10, 58, 0.0762),
 }
+#: what stopping may cost against 50 more iterations (measured at most 0.014, the raster,
+#: whose ambiguity the position refinement keeps resolving slowly; the others 0.004)
+STOP_COST = 0.02
 
 
 def _as_file(scan):
@@ -55,7 +59,7 @@ def _region(scan, grid):
 
 @pytest.mark.parametrize("name", list(MEASURED))
 def test_defaults_reconstruct_each_hard_case(name):
-    _measured, threshold, _stop = MEASURED[name]
+    _measured, threshold, _stop, _more = MEASURED[name]
     case = hard.small(hard.CASES[name])
     scan = hard.simulate(case)
     solver, pixel, _ = prepare(_as_file(scan))
@@ -72,6 +76,8 @@ def test_defaults_reconstruct_each_hard_case(name):
     assert solver.iteration < 150, stop.reason  # the convergence stop, not the cap
     # the beam-dump frames are found and left out; nothing else is
     assert set(np.flatnonzero(solver.weights == 0)) == set(np.flatnonzero(scan.bad))
+    solver.iterate(50)
+    assert err - metrics.object_error(solver.object, truth, region) < STOP_COST
 
 
 def test_the_simulator_keeps_its_promises():

@@ -149,6 +149,7 @@ class Solver:
         self.positions_from: int | None = None
         self._lit: Array | None = None
         self._adapted_at = 0
+        self._annealing = False
         self._measured_n, self._measured_at = 0, 0
         self._lit_at = (-1, -1)
         self._rng = np.random.default_rng(self.options.seed)
@@ -278,6 +279,7 @@ class Solver:
             if len(measured) != self._measured_n:  # new frames: new ground, full steps
                 self._measured_n, self._measured_at = len(measured), self.iteration
                 self.step_scale = 1.0
+                self._annealing = False
             self._gate_positions()
             before, probe_before = self.object.copy(), self.probe.copy()
             err = self._iteration(measured)
@@ -288,6 +290,14 @@ class Solver:
             self._track(before, probe_before)
             out.append(err)
         return out
+
+    def anneal(self, start: float = 0.25) -> None:
+        """No more frames will come: lower the step to *start* now and halve it every
+        iteration down to ``min_step_scale`` (the image is near its solution; smaller
+        steps average the noise instead of waiting for the data error to stall).
+        Frames added later restore the full step."""
+        self._annealing = True
+        self.step_scale = min(self.step_scale, start)
 
     def convergence(self, tolerance: float | None = None, max_iterations: int = 0) -> Convergence:
         """A stopping rule for this solver (:class:`~.convergence.Convergence`)."""
@@ -320,6 +330,10 @@ class Solver:
         # of a stochastic solver): a smaller step averages over more frames, as a
         # decreasing step does in stochastic approximation
         e = self.errors
+        if self._annealing and self.step_scale > opt.min_step_scale:
+            self.step_scale = max(self.step_scale * 0.5, opt.min_step_scale)
+            self.changes.append(float("nan"))  # a new regime: ratios start afresh
+            return
         if (
             opt.step_adapt
             and self.iteration >= opt.step_adapt_start

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 #: the stop's default tolerance: the object is within 0.4 % (of its norm) of where it goes
 TOLERANCE = 4e-3
 #: the data error is flat when it changed by less than this fraction ...
-FLAT = 5e-3
+FLAT = 2e-3
 #: ... over this many iterations
-FLAT_SPAN = 5
+FLAT_SPAN = 2
 
 
 def _flat_at_floor(solver: object) -> bool:
