@@ -15,6 +15,7 @@ import numpy as np
 from bluesky_ptycho.core.metrics import align_object, illuminated_region, object_error
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.storage.catalog import Catalog
+from bluesky_ptycho.storage.guard import SpoolGuard
 
 
 @dataclass
@@ -53,13 +54,16 @@ def run_demo(
     pipeline: str | Path | None = None,
     catalog: Catalog | None = None,
     log_dir: str | Path | None = None,
+    spool_wait: float = 120.0,
 ) -> DemoResult:
     """Run a simulated scan with live reconstruction; write CXI and a PNG under *output*.
 
     *pipeline* is a pipeline file (the package's default when None; *device*
     and *final_iterations* override it). With a *catalog*, the raw frames go
     to its raw folder and every run (raw and derived) is stored in it;
-    without, the frames go to ``<output>/raw``.
+    without, the frames go to ``<output>/raw``. If the spool cannot be written
+    the scan pauses (:class:`~bluesky_ptycho.storage.guard.SpoolGuard`) and, after
+    *spool_wait* seconds without space, fails: the RunEngine's error is raised.
     """
     from bluesky import RunEngine
 
@@ -80,6 +84,7 @@ def run_demo(
     if catalog is not None:
         RE.subscribe(catalog.writer)
         pipe.subscribe(catalog.writer)
+        SpoolGuard(catalog.writer, give_up=spool_wait).install(RE)
     docs: list = []
     if keep_documents:
         RE.subscribe(lambda n, d: docs.append((n, d)))
@@ -100,7 +105,10 @@ def run_demo(
     t_done = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    stored = catalog.writer.flush(timeout=120) if catalog is not None else False
+    stored = False
+    if catalog is not None:  # in the catalog and read back: the raw run and what it made
+        w = catalog.writer
+        stored = w.flush(timeout=120) and w.confirmed(uid) and not w.status().pending_runs
     r = run.by_stage("reconstruction").result  # type: ignore[attr-defined]
     if r is None:
         raise RuntimeError(f"the reconstruction produced no result; stage errors: {run.errors}")

@@ -15,7 +15,8 @@ from bluesky_ptycho.core import metrics
 from bluesky_ptycho.core.arrays import backend, to_numpy
 from bluesky_ptycho.core.geometry import wavelength_m
 from bluesky_ptycho.core.solvers import Solver
-from bluesky_ptycho.core.solvers.setup import low_flux, setup_solver
+from bluesky_ptycho.core.solvers.options import MAX_ITERATION
+from bluesky_ptycho.core.solvers.setup import low_flux, scan_grid, setup_solver
 from bluesky_ptycho.core.stxm import probe_estimate
 from bluesky_ptycho.io.cxi import CxiData, read_cxi, write_cxi
 
@@ -40,6 +41,8 @@ class ReconstructResult:
         MPI ranks the scan was split over (1: one process).
     stopped_by : str
         Why iterating ended: the convergence stop, or the count.
+    left_out : int
+        Frames left out because they hold NaN or infinite values.
     """
 
     output: Path
@@ -51,6 +54,7 @@ class ReconstructResult:
     probe_source: str
     ranks: int = 1
     stopped_by: str = ""
+    left_out: int = 0
 
 
 def prepare(
@@ -94,11 +98,25 @@ def prepare(
     positions_m = np.asarray(data.translations_m, np.float64)[:, :2]
     if not np.isfinite(positions_m).all():
         raise ValueError(f"{source}: entry_1/data_1/translation holds NaN or infinite values")
-    counts = frames.sum(axis=(1, 2))
-    dark = low_flux(counts)
-    mean_counts = float(counts[~dark].mean())
+    finite = np.isfinite(frames).all(axis=(1, 2))  # frames with NaN/inf pixels are left out
+    if not finite.any():
+        raise ValueError(f"{source}: every frame of entry_1/data_1/data holds NaN or inf values")
+    # the grid is checked (its size against the memory) before anything big is allocated
+    grid = scan_grid(positions_m if grid_from_m is None else grid_from_m, dx, max(h, w))
+    counts = np.where(finite, np.nan_to_num(frames.sum(axis=(1, 2))), 0.0)
+    dark = finite & low_flux(np.where(finite, counts, np.median(counts[finite])))
+    mean_counts = (
+        float(counts[finite & ~dark].mean())
+        if (finite & ~dark).any()
+        else float(counts[finite].mean())
+    )
     if data.illumination is not None:
         probe = np.asarray(data.illumination, np.complex64)
+        if probe.ndim not in (2, 3) or not np.isfinite(probe).all():
+            raise ValueError(
+                f"{source}: entry_1/instrument_1/source_1/illumination must be a finite (H, W) or "
+                f"(modes, H, W) array; it has shape {probe.shape}"
+            )
         if probe.shape[-2:] != (h, w):
             raise ValueError(
                 f"{source}: entry_1/instrument_1/source_1/illumination has shape {probe.shape}; "
@@ -108,7 +126,10 @@ def prepare(
     else:
         probe = to_numpy(
             probe_estimate(
-                frames.mean(axis=0), defocus_m=defocus_m, wavelength_m=lam, pixel_size_m=dx
+                frames[finite].mean(axis=0),
+                defocus_m=defocus_m,
+                wavelength_m=lam,
+                pixel_size_m=dx,
             )
         )
         origin = f"the mean diffraction pattern, defocus {defocus_m:.3g} m"
@@ -121,13 +142,13 @@ def prepare(
         algorithm,
         {"probe_modes": modes, **(options or {})},
         None if mask is None else xp.asarray(mask),
-        grid_from_m=grid_from_m,
+        grid=grid,
     )
     solver = made.solver
     for start in range(0, n, 256):  # in blocks: the host copy may be larger than the device
-        stop = min(n, start + 256)
-        solver.add_frames(np.arange(start, stop), xp.asarray(frames[start:stop]))
-    dark = low_flux(counts)
+        idx = np.arange(start, min(n, start + 256))[finite[start : start + 256]]
+        if len(idx):
+            solver.add_frames(idx, xp.asarray(frames[idx]))
     if dark.any():  # a beam dump or a failed readout: left out, as the live monitor does
         solver.flag(np.flatnonzero(dark))
     return solver, dx, origin
@@ -161,8 +182,8 @@ def reconstruct_cxi(
     reconstructs one region of the scan and the object is merged every
     iteration (:mod:`bluesky_ptycho.transport.mpi`); rank 0 writes the file.
     """
-    if iterations < 1:
-        raise ValueError(f"--iterations {iterations}: give at least 1")
+    if not 1 <= iterations <= MAX_ITERATION:
+        raise ValueError(f"--iterations {iterations}: give a number in [1, {MAX_ITERATION}]")
     ranks = 1 if comm is None else comm.size
     if ranks > 1:
         from bluesky_ptycho.transport.mpi import RegionMerge, select_device
@@ -198,6 +219,7 @@ def reconstruct_cxi(
         probe_source=origin,
         ranks=ranks,
         stopped_by=stop.reason or f"{solver.iteration} iterations",
+        left_out=int((~np.isfinite(data.frames).all(axis=(1, 2))).sum()),
     )
 
 

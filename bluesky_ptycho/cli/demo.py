@@ -27,6 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.quiet(p)
     options.pipeline(p)
     options.catalog(p, optional=True)
+    p.add_argument(
+        "--spool-wait",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="if the spool cannot be written (a full disk), the scan waits S seconds for "
+        "space, then fails (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline=args.pipeline,
             catalog=catalog,
             log_dir=log_dir(),
+            spool_wait=args.spool_wait,
         )
     finally:
         if catalog is not None:
@@ -77,12 +86,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"flagged frames: {result.flags}")
     print(f"CXI:    {result.cxi_path}")
     print(f"figure: {result.figure_path}")
-    if catalog is not None:
+    if catalog is None:
+        return 0
+    if not result.stored:
         print(
-            f"stored: run {result.uid} in the catalog at {catalog.location}"
-            + ("" if result.stored else " (NOT yet: the catalog is unreachable; see the log)")
+            f"NOT stored: run {result.uid} is not (yet) in the catalog at {catalog.location} "
+            f"with every document read back; what was spooled waits in "
+            f"{catalog.writer.spool_dir} and is written when a catalog is next opened there "
+            "(see the log)"
         )
-        print(
-            f"replay: bluesky-ptycho replay {result.uid[:8]} --set reconstruction.algorithm=lsqml"
-        )
+        return 1
+    print(f"stored: run {result.uid} in the catalog at {catalog.location} (read back)")
+    print(f"replay: bluesky-ptycho replay {result.uid[:8]} --set reconstruction.algorithm=lsqml")
     return 0

@@ -64,6 +64,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=64.0,
         help="larger messages are rejected (default 64)",
     )
+    p.add_argument(
+        "--max-open-runs", type=int, default=4, help="runs open at once; a start beyond is refused"
+    )
+    p.add_argument(
+        "--run-idle-timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="close a run that receives nothing for S seconds (its stages stop with "
+        "exit_status 'fail'; default %(default)s)",
+    )
+    p.add_argument(
+        "--data-root",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="frames may be read from files under DIR too (repeatable); by default only from "
+        "the catalog's raw folder (<data dir>/raw)",
+    )
     options.device(p)
     p.add_argument("--output", type=Path, help="CXI files (default <data dir>/cxi)")
     options.catalog(p, optional=True)
@@ -72,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import signal
 
+    from bluesky_ptycho.io.frames import confine_reads
     from bluesky_ptycho.pipeline.assignments import parse_assignments
     from bluesky_ptycho.pipeline.dask import connect, shutdown
     from bluesky_ptycho.pipeline.files import BACKEND, load_pipeline
@@ -80,10 +101,17 @@ def run(args: argparse.Namespace) -> int:
     from bluesky_ptycho.transport.server import Server
 
     spec = load_pipeline(args.pipeline_file or BACKEND)
+    roots = [data_dir() / "raw", *args.data_root]
+    for root in args.data_root:
+        if not root.is_dir():
+            raise ValueError(f"--data-root {root}: no such folder")
     slurm = parse_assignments(args.slurm, "--slurm") if args.slurm else None
     needs_dask = any(s.where == "dask" for s in spec.stages.values())
     client = connect(args.scheduler, args.workers, slurm) if needs_dask else None
     catalog = options.open_catalog(args)
+    if catalog is not None:
+        roots.append(catalog.raw_dir)
+    confine_reads(roots)
     pipe = Pipeline(
         spec,
         device=args.device,
@@ -103,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             args.max_backlog,
             int(args.max_message_mb * 2**20),
             args.snapshot_port,
+            max_open_runs=args.max_open_runs,
+            run_idle_timeout=args.run_idle_timeout,
         )
     except Exception:
         pipe.close()
@@ -116,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     results = server.snapshots.address if server.snapshots is not None else "not published"
     print(
         f"serving {spec.source}: documents {server.address}, control "
-        f"{server.control_address}, results {results}{dask}",
+        f"{server.control_address}, results {results}{dask}; frames read from "
+        f"{', '.join(map(str, roots))} only",
         flush=True,
     )
     try:

@@ -57,8 +57,16 @@ class ObjectGrid:
         return xp.stack([row, col], axis=1)
 
 
+#: Largest object grid made without being asked: 2**28 complex64 pixels (2 GiB; a 16384² grid)
+MAX_OBJECT_PIXELS = 2**28
+
+
 def object_grid(
-    positions_m: Array, pixel_size_m: float, frame_px: int, margin_px: int = 8
+    positions_m: Array,
+    pixel_size_m: float,
+    frame_px: int,
+    margin_px: int = 8,
+    max_pixels: int = MAX_OBJECT_PIXELS,
 ) -> ObjectGrid:
     """The object grid that holds every view of a scan, with *margin_px* to spare.
 
@@ -75,13 +83,29 @@ def object_grid(
         Probe/frame side H = W in pixels.
     margin_px : int
         Spare pixels on every side (room for position errors and drift).
+    max_pixels : int
+        The grid the positions span is refused (ValueError, before anything is
+        allocated) when it would hold more pixels than this.
     """
     p = np.asarray(positions_m, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
         raise ValueError(f"positions must be (N, 2) (x, y) in m with N >= 1, got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError(f"positions hold {int((~np.isfinite(p)).sum())} NaN or infinite values")
+    if not (np.isfinite(pixel_size_m) and pixel_size_m > 0):
+        raise ValueError(f"object pixel size {pixel_size_m!r} m must be a positive number")
     lo = np.floor(p.min(axis=0) / pixel_size_m) - margin_px
     hi = np.ceil(p.max(axis=0) / pixel_size_m) + margin_px
-    nx, ny = (hi - lo).astype(int) + frame_px + 1
+    span = hi - lo + frame_px + 1  # float: no overflow before the check
+    if span[0] * span[1] > max_pixels:
+        extent = (p.max(axis=0) - p.min(axis=0)) * 1e6
+        raise ValueError(
+            f"the positions span {extent[0]:.4g} × {extent[1]:.4g} µm: an object of "
+            f"{span[1]:.0f} × {span[0]:.0f} pixels of {pixel_size_m * 1e9:.3g} nm "
+            f"({span[0] * span[1] * 8 / 2**30:.3g} GiB), more than the {max_pixels} pixels allowed; "
+            "check the positions' units (metres) and the pixel size"
+        )
+    nx, ny = span.astype(int)
     return ObjectGrid(
         shape=(int(ny), int(nx)),
         origin_m=(float(lo[0] * pixel_size_m), float(lo[1] * pixel_size_m)),

@@ -132,14 +132,22 @@ def _image(entry: h5py.Group, name: str, arr: np.ndarray, kind: str, pixel_m: fl
     g.create_dataset("image_center", data=np.array([arr.shape[-2] / 2, arr.shape[-1] / 2, 0.0]))
 
 
-def read_cxi(path: str | os.PathLike) -> CxiData:
+#: Most bytes of frames a file may ask to be read (float32): more is refused before reading
+MAX_FRAME_BYTES = 64 * 2**30
+#: Plausible ranges of the geometry, SI units: what a file outside them most likely got wrong
+ENERGY_J = (1.0 * EV_TO_J, 1e6 * EV_TO_J)  # 1 eV to 1 MeV
+DISTANCE_M = (1e-4, 100.0)
+PIXEL_M = (1e-8, 1e-2)
+
+
+def read_cxi(path: str | os.PathLike, max_frame_bytes: int = MAX_FRAME_BYTES) -> CxiData:
     """Read a ptychography CXI file.
 
     Raises
     ------
     ValueError
-        When a required field is missing or inconsistent, naming the HDF5 path
-        and what was expected.
+        When a required field is missing, of the wrong kind or out of range,
+        naming the HDF5 path, the value and what was expected.
     """
     path = Path(path)
     if not path.is_file():
@@ -149,37 +157,86 @@ def read_cxi(path: str | os.PathLike) -> CxiData:
     with h5py.File(path, "r") as f:
 
         def need(p: str) -> h5py.Dataset:
-            if p not in f:
-                raise ValueError(f"{path}: missing {p!r} (required by CXI ptychography readers)")
-            return f[p]
+            try:
+                obj = f.get(p)
+            except (KeyError, OSError, ValueError) as err:
+                raise ValueError(
+                    f"{path}: {p} cannot be opened ({err}); a link to nothing?"
+                ) from None
+            if obj is None:
+                raise ValueError(f"{path}: missing {p} (required by CXI ptychography readers)")
+            if not isinstance(obj, h5py.Dataset):
+                raise ValueError(f"{path}: {p} is a group; expected a dataset")
+            return obj
 
-        frames = np.asarray(need("entry_1/data_1/data")[()], np.float32)
-        trans = np.asarray(need("entry_1/data_1/translation")[()], np.float64)
-        if trans.ndim != 2 or trans.shape[1] != 3 or len(trans) != len(frames):
+        def scalar(p: str, unit: str, lo: float, hi: float, hint: str = "") -> float:
+            ds = need(p)
+            if ds.size != 1 or ds.dtype.kind not in "iuf":
+                raise ValueError(
+                    f"{path}: {p} holds {ds.dtype} of shape {ds.shape}; expected one real number "
+                    f"in {unit}"
+                )
+            value = float(np.asarray(ds[()]).reshape(-1)[0])
+            if not (np.isfinite(value) and lo <= value <= hi):
+                raise ValueError(
+                    f"{path}: {p} = {value:g} {unit}; expected a value in [{lo:.3g}, {hi:.3g}] "
+                    f"{unit}{hint}"
+                )
+            return value
+
+        data = need("entry_1/data_1/data")
+        if data.ndim != 3 or min(data.shape) < 1:
             raise ValueError(
-                f"{path}: entry_1/data_1/translation has shape {trans.shape}; expected "
-                f"({len(frames)}, 3), (x, y, z) in m for each frame"
+                f"{path}: entry_1/data_1/data has shape {data.shape}; expected (N, H, W): "
+                "one 2-D frame per position"
+            )
+        if data.dtype.kind not in "iuf":
+            raise ValueError(
+                f"{path}: entry_1/data_1/data holds {data.dtype}; expected real intensities "
+                "(photon counts), not complex or other values"
+            )
+        nbytes = 4 * float(np.prod(data.shape, dtype=np.float64))
+        if nbytes > max_frame_bytes:
+            raise ValueError(
+                f"{path}: entry_1/data_1/data {data.shape} would take {nbytes / 2**30:.3g} GiB "
+                f"as float32; at most {max_frame_bytes / 2**30:.3g} GiB are read"
+            )
+        trans_ds = need("entry_1/data_1/translation")
+        if trans_ds.dtype.kind not in "iuf" or trans_ds.shape != (data.shape[0], 3):
+            raise ValueError(
+                f"{path}: entry_1/data_1/translation holds {trans_ds.dtype} {trans_ds.shape}; "
+                f"expected ({data.shape[0]}, 3): (x, y, z) in m for each of the "
+                f"{data.shape[0]} frames"
+            )
+        trans = np.asarray(trans_ds[()], np.float64)
+        if not np.isfinite(trans).all():
+            raise ValueError(
+                f"{path}: entry_1/data_1/translation holds {int((~np.isfinite(trans)).sum())} "
+                "NaN or infinite values; expected positions in m"
             )
         det = "entry_1/instrument_1/detector_1"
-        energy_j = float(need("entry_1/instrument_1/source_1/energy")[()])
+        energy_j = scalar(
+            "entry_1/instrument_1/source_1/energy", "J", *ENERGY_J,
+            hint=f" (CXI stores joules: 800 eV is {800 * EV_TO_J:.3g} J)",
+        )  # fmt: skip
         out = CxiData(
-            frames=frames,
+            frames=np.asarray(data[()], np.float32),
             translations_m=trans,
             energy_ev=energy_j / EV_TO_J,
-            distance_m=float(need(f"{det}/distance")[()]),
+            distance_m=scalar(f"{det}/distance", "m", *DISTANCE_M),
             pixel_size_m=(
-                float(need(f"{det}/y_pixel_size")[()]),
-                float(need(f"{det}/x_pixel_size")[()]),
+                scalar(f"{det}/y_pixel_size", "m", *PIXEL_M),
+                scalar(f"{det}/x_pixel_size", "m", *PIXEL_M),
             ),
         )
         if f"{det}/mask" in f:
-            out.mask = f[f"{det}/mask"][()]
+            out.mask = need(f"{det}/mask")[()]
         if "entry_1/instrument_1/source_1/illumination" in f:
-            out.illumination = f["entry_1/instrument_1/source_1/illumination"][()]
+            out.illumination = need("entry_1/instrument_1/source_1/illumination")[()]
         if "entry_1/image_1/data" in f:
-            out.probe = f["entry_1/image_1/data"][()]
+            out.probe = need("entry_1/image_1/data")[()]
         if "entry_1/image_2/data" in f:
-            obj = f["entry_1/image_2/data"][()]
+            obj = need("entry_1/image_2/data")[()]
             out.object = obj
             size = f.get("entry_1/image_2/image_size")
             if size is not None and obj.shape[-1]:

@@ -8,6 +8,7 @@ and reads the frames a StreamDatum names. See docs/decisions/0003.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -18,6 +19,53 @@ import numpy as np
 
 MIMETYPE = "application/x-hdf5"
 DATASET = "/entry/data/data"
+log = logging.getLogger(__name__)
+#: Most bytes one read of frames may return (a StreamDatum names a few frames, not a file)
+MAX_READ_BYTES = 2**30
+
+
+class FrameAccessError(PermissionError):
+    """A frame file outside the folders frames may be read from (nothing was opened)."""
+
+
+# Folders frames may be read from (None: anywhere; a back-end that takes documents from the
+# network sets them with confine_reads), and how many reads were refused.
+_ROOTS: tuple[Path, ...] | None = None
+_REFUSED = 0
+
+
+def confine_reads(roots: list[str | os.PathLike] | None) -> None:
+    """Read frames only from files under *roots* (resolved; links followed), from now on in
+    this process; None lifts the limit. A document naming another file is refused, counted
+    (:func:`refused_reads`) and logged; the file is never opened."""
+    global _ROOTS
+    _ROOTS = None if roots is None else tuple(Path(r).resolve() for r in roots)
+
+
+def refused_reads() -> int:
+    """Frame reads refused so far because the file lay outside the configured roots."""
+    return _REFUSED
+
+
+def checked_path(uri_or_path: str) -> Path:
+    """The file a frame reference names, resolved, if frames may be read from it."""
+    global _REFUSED
+    if not isinstance(uri_or_path, str) or not uri_or_path:
+        raise FrameAccessError(f"frame file {uri_or_path!r:.80} is not a path or file:// URI")
+    path = _path_from_uri(uri_or_path)
+    resolved = Path(os.path.realpath(path))
+    if _ROOTS is not None and not any(resolved.is_relative_to(r) for r in _ROOTS):
+        _REFUSED += 1
+        log.error(
+            "refused to read frames from %s: it lies outside the data roots %s (serve "
+            "--data-root adds one); %d refused so far",
+            resolved, [str(r) for r in _ROOTS], _REFUSED,
+        )  # fmt: skip
+        raise FrameAccessError(
+            f"frame file {resolved} lies outside the data roots {[str(r) for r in _ROOTS]}"
+        )
+    return resolved
+
 
 # One lock for every h5py call made by this module: the device writes on the
 # RunEngine's thread while stages read on theirs, and HDF5 allows one file
@@ -108,7 +156,11 @@ def read_frames(
     Goes through the open writer when this process is writing the file. With
     *out* (shape ``(stop - start, ...)``) the frames are read into it.
     """
-    path = str(_path_from_uri(uri_or_path))
+    if not isinstance(dataset, str) or not dataset.startswith("/"):
+        raise ValueError(f"dataset {dataset!r:.80} is not an absolute HDF5 path")
+    if not (type(start) is int and type(stop) is int and 0 <= start <= stop):
+        raise ValueError(f"frame indices {start!r:.20}:{stop!r:.20} are not a range of frames")
+    path = str(checked_path(uri_or_path))
     with _H5_LOCK:
         writer = _OPEN_WRITERS.get(path)
         if writer is not None and dataset == DATASET:
@@ -123,7 +175,20 @@ def read_frames(
         _READERS[path] = f
         while len(_READERS) > _MAX_READERS:
             _READERS.pop(next(iter(_READERS))).close()
-        ds = f[dataset]
+        ds = f.get(dataset)
+        if not isinstance(ds, h5py.Dataset):
+            raise KeyError(f"{path} has no dataset {dataset}")
+        if ds.is_virtual or ds.external or os.path.realpath(ds.file.filename) != path:
+            raise FrameAccessError(
+                f"{path}:{dataset} keeps its data in other files (virtual, external or linked): "
+                "refused"
+            )
+        nbytes = (stop - start) * ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.float64))
+        if ds.ndim < 1 or nbytes > MAX_READ_BYTES:
+            raise ValueError(
+                f"{path}:{dataset}: frames {start}:{stop} ({nbytes / 2**20:.0f} MiB) are more "
+                f"than one read may take ({MAX_READ_BYTES / 2**20:.0f} MiB)"
+            )
         if stop > ds.shape[0]:
             ds.refresh()
         if stop > ds.shape[0]:
@@ -176,12 +241,16 @@ class StreamFrameReader:
         self._resources: dict[str, dict] = {}
 
     def stream_resource(self, doc: dict) -> None:
-        """Remember a StreamResource."""
+        """Remember a StreamResource (refused when its file lies outside the data roots)."""
         if doc.get("mimetype") != MIMETYPE:
             raise ValueError(
                 f"stream_resource {doc.get('uid')} has mimetype {doc.get('mimetype')!r}; "
                 f"this reader handles {MIMETYPE!r}"
             )
+        params = doc.get("parameters")
+        if not isinstance(params, dict) or not isinstance(params.get("dataset"), str):
+            raise ValueError(f"stream_resource {doc.get('uid')} names no dataset in its parameters")
+        checked_path(doc.get("uri"))  # refused here, before any frame is asked for
         self._resources[doc["uid"]] = doc
 
     def data_key(self, datum: dict) -> str:

@@ -93,6 +93,9 @@ class Pipeline:
         (:func:`bluesky_ptycho.pipeline.dask.connect`).
     max_in_flight : int
         Frames a distributed stage has out on the workers at most.
+    keep_runs : int
+        Finished runs whose stages (and results) are kept for :meth:`wait` and the
+        status; older ones are let go, so a long-lived back-end's memory stays flat.
 
     Raises
     ------
@@ -111,6 +114,7 @@ class Pipeline:
         metadata: dict | None = None,
         client: Any = None,
         max_in_flight: int = 32,
+        keep_runs: int = 16,
     ) -> None:
         if not isinstance(spec, PipelineSpec):
             spec = load_pipeline(spec)
@@ -130,12 +134,17 @@ class Pipeline:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.metadata = {"pipeline": spec.to_dict(), **(metadata or {})}
         self.runs: dict[str, RunStages] = {}
+        self.keep_runs = keep_runs
+        self._open: set[str] = set()  # runs the router holds state for (no stop seen yet)
         self._subscribers: list[Callback] = []
         self._new_run = threading.Condition()
         self.router = RunRouter([self._factory])
 
     def __call__(self, name: str, doc: dict) -> Any:
-        return self.router(name, doc)
+        out = self.router(name, doc)
+        if name == "stop":
+            self._open.discard(doc.get("run_start"))
+        return out
 
     def subscribe(self, callback: Callback) -> None:
         """Send every document every stage emits to *callback(name, doc)*."""
@@ -187,13 +196,22 @@ class Pipeline:
             )
             for stage in built.values():
                 stage.subscribe(export)
+        for stage in built.values():
+            stage.bind_run(start["uid"])
         run = RunStages(built, export, log_handler=handler, raw=raw)
         if handler is not None:
             threading.Thread(target=self._close_log, args=(run,), daemon=True).start()
         with self._new_run:
             self.runs[start["uid"]] = run
+            self._open.add(start["uid"])
+            self._let_go_of_old_runs()
             self._new_run.notify_all()
         return raw, []
+
+    def _let_go_of_old_runs(self) -> None:
+        finished = [uid for uid, r in self.runs.items() if r.finished]
+        for uid in finished[: max(0, len(finished) - self.keep_runs)]:
+            del self.runs[uid]
 
     def close(self) -> None:
         """Abort what still runs and shut down a Dask cluster the pipeline started."""
@@ -258,13 +276,38 @@ class Pipeline:
         done = [uid for uid, r in self.runs.items() if r.finished]
         for uid in done:
             del self.runs[uid]
+            self._forget_in_router(uid, "cleared")
         return done
+
+    def close_run(self, uid: str, reason: str) -> None:
+        """End run *uid* now (its stop will not come): stop its stages with ``exit_status``
+        "fail" and *reason*, and let go of everything the run holds (threads, memory, log)."""
+        run = self.runs.get(uid)
+        if run is not None:
+            for stage in run.stages.values():
+                stage.abort(reason, exit_status="fail")
+        self._forget_in_router(uid, reason)
+        if run is not None and not run.wait(10):
+            log.warning("run %s: some stages did not end within 10 s of being closed", uid)
+        self.runs.pop(uid, None)
+
+    def _forget_in_router(self, uid: str, reason: str) -> None:
+        """The router keeps a run's callbacks until its stop: give it one that never came."""
+        if uid in self._open:
+            self._open.discard(uid)
+            try:
+                self.router("stop", {"run_start": uid, "uid": f"{uid}-closed", "time": time.time(),
+                                     "exit_status": "fail", "reason": reason})  # fmt: skip
+            except Exception:
+                log.exception("run %s: the router could not let go of it", uid)
 
     def reset(self) -> None:
         """Ready for the next scan as if just started: abort, clear, and undo :meth:`set`."""
         self.abort("the pipeline was reset")
         for run in list(self.runs.values()):
             run.wait(10)
+        for uid in list(self.runs):
+            self._forget_in_router(uid, "the pipeline was reset")
         self.runs.clear()
         self.spec = self._file_spec
         self.metadata["pipeline"] = self.spec.to_dict()

@@ -22,8 +22,6 @@ whose start document names the source run (``source_run``) and the stage
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -32,10 +30,9 @@ import numpy as np
 from event_model import DocumentRouter, compose_run
 
 from bluesky_ptycho.core.params import Param, problems
+from bluesky_ptycho.threads import Worker, bind_run
 
 Callback = Callable[[str, dict], Any]
-_STOP = object()
-_CALL = object()
 
 
 class Stage(DocumentRouter):
@@ -66,19 +63,22 @@ class Stage(DocumentRouter):
         super().__init__()
         self.log = logging.getLogger(f"bluesky_ptycho.stages.{self.stage_name}")
         self._subscribers: list[Callback] = []
-        self._queue: queue.Queue = queue.Queue()
         self.errors: list[str] = []
-        self.done = threading.Event()
         self.frames_in = 0
         self.frames_out = 0
-        self.heartbeat = time.time()
         self.aborted = False
+        self.run_uid: str | None = None
         self._derived: list[DerivedRun] = []
         self._rate = (time.monotonic(), 0, 0.0)  # (time, frames out then, rate)
-        self._thread = threading.Thread(
-            target=self._run, name=f"stage-{self.stage_name}", daemon=True
+        self._worker = Worker(
+            f"stage-{self.stage_name}",
+            self._dispatch_item,
+            idle=self._own_work,
+            poll=lambda: 0 if self.has_work() and not self.aborted else 1.0,
+            log=self.log,
+            on_error=lambda err: self.errors.append(f"{type(err).__name__}: {err}"),
         )
-        self._thread.start()
+        self.done = self._worker.done
 
     @classmethod
     def required_inputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
@@ -140,13 +140,13 @@ class Stage(DocumentRouter):
             self.frames_in += 1
         elif name == "event_page":
             self.frames_in += len(doc["seq_num"])
-        self._queue.put((name, doc))
+        self._worker.put((name, doc))
         return name, doc
 
     # -- control ------------------------------------------------------------------
     def backlog(self) -> int:
         """Documents queued plus frames the stage holds but has not finished."""
-        return self._queue.qsize() + self.held_frames()
+        return self._worker.pending + self.held_frames()
 
     def held_frames(self) -> int:
         """Frames taken in and not yet done with (stages that batch override this)."""
@@ -167,7 +167,7 @@ class Stage(DocumentRouter):
             "rate": round(rate, 2),
             "errors": len(self.errors),
             "last_error": self.errors[-1] if self.errors else "",
-            "heartbeat_age": round(time.time() - self.heartbeat, 2),
+            "heartbeat_age": round(time.time() - self._worker.heartbeat, 2),
             "state": "aborted" if self.aborted else ("done" if self.done.is_set() else "running"),
         }
 
@@ -191,32 +191,34 @@ class Stage(DocumentRouter):
         setattr(self, name, value)
         self.log.info("%s set to %r during the run", name, value)
 
-    def abort(self, reason: str = "aborted by the operator") -> None:
-        """Drop what is queued, stop the derived runs (``exit_status="abort"``), end the thread."""
+    def abort(self, reason: str = "aborted by the operator", exit_status: str = "abort") -> None:
+        """Drop what is queued, stop the derived runs (``exit_status`` "abort", or "fail" when
+        the back-end closes a run), end the thread."""
         self.aborted = True
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self.call_soon(lambda: self._abort(reason))
+        self._worker.drain()
+        self.call_soon(lambda: self._abort(reason, exit_status))
         self.close()
 
-    def _abort(self, reason: str) -> None:
+    def _abort(self, reason: str, exit_status: str = "abort") -> None:
         self.on_abort()
         for run in self._derived:
-            run.stop("abort", reason)
+            run.stop(exit_status, reason)
+
+    def bind_run(self, uid: str) -> None:
+        """Say which run this stage works for: its thread's log messages go to that run's log."""
+        self.run_uid = uid
+        self.call_soon(lambda: bind_run(uid))
 
     def on_abort(self) -> None:
         """Hook: give back what the run held (workers, solver threads)."""
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Run *fn()* on the stage's thread, in turn with the documents (from any thread)."""
-        self._queue.put((_CALL, fn))
+        self._worker.call_soon(fn)
 
     def close(self) -> None:
         """Stop the worker after the documents already queued."""
-        self._queue.put((_STOP, None))
+        self._worker.close()
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the stage has finished its run; True if it did in time."""
@@ -230,42 +232,20 @@ class Stage(DocumentRouter):
     def work(self) -> None:
         """One slice of the stage's own work (an iteration, say)."""
 
-    def _run(self) -> None:
-        while True:
-            self.heartbeat = time.time()
-            busy = self.has_work() and not self.aborted
-            try:
-                item = self._queue.get(block=not busy, timeout=None if busy else 1.0)
-            except queue.Empty:
-                if busy:
-                    self._guarded(self.work)
-                continue
-            name, doc = item
-            if name is _STOP:
-                break
-            if name is _CALL:
-                self._guarded(doc)
-                continue
-            self._guarded(lambda n=name, d=doc: self._dispatch(n, d, False))
-            if name == "start":
-                self.log.info("run %s (%s) in", doc["uid"], doc.get("stage", "raw"))
-            elif name == "stop":
-                self.log.info(
-                    "run %s stopped (%s); %d error(s) in this stage so far",
-                    doc["run_start"],
-                    doc.get("exit_status"),
-                    len(self.errors),
-                )
-        self.done.set()
+    def _own_work(self) -> None:
+        if self.has_work() and not self.aborted:
+            self.work()
 
-    def _guarded(self, fn: Callable[[], Any]) -> None:
-        try:
-            fn()
-        except Exception as err:
-            self.errors.append(f"{type(err).__name__}: {err}")
-            self.log.exception(
-                "stage %s failed; it goes on with the next document", self.stage_name
-            )
+    def _dispatch_item(self, item: tuple[str, dict]) -> None:
+        name, doc = item
+        self._dispatch(name, doc, False)
+        if name == "start":
+            self.log.info("run %s (%s) in", doc["uid"], doc.get("stage", "raw"))
+        elif name == "stop":
+            self.log.info(
+                "run %s stopped (%s); %d error(s) in this stage so far",
+                doc["run_start"], doc.get("exit_status"), len(self.errors),
+            )  # fmt: skip
 
     # Documents a stage does not care about pass by quietly.
     def start(self, doc: dict) -> None:

@@ -58,7 +58,12 @@ class Catalog:
         More folders whose files the embedded catalog may read (detector
         files written elsewhere).
     retry_interval : float
-        Seconds between attempts to reach an unreachable catalog.
+        Seconds between attempts to reach an unreachable catalog (or to write a full spool).
+    durability : {"process", "machine"}
+        What a spooled document survives before the writer returns: the
+        process being killed (the default), or a power cut as well (``fsync``).
+    spool_dir : path-like, optional
+        Where the writer spools (default ``<directory>/spool``).
     """
 
     def __init__(
@@ -68,6 +73,8 @@ class Catalog:
         directory: str | Path | None = None,
         readable_storage: list[str | Path] | tuple = (),
         retry_interval: float = 2.0,
+        durability: str = "process",
+        spool_dir: str | Path | None = None,
     ) -> None:
         self.directory = Path(directory) if directory is not None else data_dir()
         self.raw_dir = self.directory / "raw"
@@ -82,15 +89,16 @@ class Catalog:
                 readable_storage=[self.raw_dir, *map(Path, readable_storage)],
             )
             uri = self.server.uri
-            # the server's thread is not a daemon: close it before Python waits for such threads
-            # (an interactive session that ends without close() would hang otherwise)
-            threading._register_atexit(lambda: self.close(timeout=30))  # type: ignore[attr-defined]
+            _close_when_main_thread_ends(self)
         self.uri = uri
         self.api_key = api_key
         self.location = str(self.directory / "catalog") if self.server else _safe(uri)
         self.runs = self._connect().v3  # Tiled's (v3) client of bluesky runs
         self.writer = CatalogWriter(
-            self._connect, self.directory / "spool", retry_interval=retry_interval
+            self._connect,
+            Path(spool_dir) if spool_dir is not None else self.directory / "spool",
+            retry_interval=retry_interval,
+            durability=durability,
         )
 
     def _connect(self) -> Any:
@@ -170,6 +178,21 @@ class Catalog:
         if self.server is not None:
             self.server.close()
             self.server = None
+
+
+def _close_when_main_thread_ends(catalog: Catalog) -> None:
+    """Close the embedded server when the main thread ends.
+
+    Its thread is not a daemon, so an interactive session that ends without
+    ``close()`` would wait for it forever; the main thread counts as ended
+    before Python waits for such threads, and this watcher closes it then.
+    """
+
+    def watch() -> None:
+        threading.main_thread().join()
+        catalog.close(timeout=30)
+
+    threading.Thread(target=watch, name="catalog-closer", daemon=True).start()
 
 
 def live_order(docs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:

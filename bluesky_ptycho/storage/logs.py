@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from bluesky_ptycho.threads import current_run
+
 ROOT = "bluesky_ptycho"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -36,26 +38,43 @@ def console(level: int = logging.WARNING) -> logging.Handler:
     return handler
 
 
+class RunFilter(logging.Filter):
+    """Passes the records of one run: logged by a thread working for it
+    (:func:`bluesky_ptycho.threads.bind_run`) or naming it (``extra={"run": uid}``)."""
+
+    def __init__(self, uid: str) -> None:
+        super().__init__()
+        self.uid = uid
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "run", None) == self.uid or current_run() == self.uid
+
+
 def run_log_handler(folder: str | Path, start: dict) -> logging.Handler:
-    """Start the log file of the run whose start document is *start*; returns its handler."""
+    """Start the log file of the run whose start document is *start*; returns its handler.
+
+    The file receives that run's messages only (:class:`RunFilter`).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(start.get("time", time.time())))
-    path = folder / f"{stamp}_scan{start.get('scan_id', 0)}_{start['uid'][:8]}.log"
+    scan = start.get("scan_id", 0)
+    scan = scan if isinstance(scan, int) and not isinstance(scan, bool) else 0
+    uid = str(start["uid"])
+    safe_uid = "".join(c for c in uid[:64] if c.isalnum() or c == "-") or "run"
+    path = folder / f"{stamp}_scan{scan}_{safe_uid}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(RunFilter(uid))
     logger = logging.getLogger(ROOT)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     logger.info(
-        "run %s (scan %s, plan %s) started; log %s",
-        start["uid"],
-        start.get("scan_id"),
-        start.get("plan_name"),
-        path,
-    )
+        "run %s (scan %s, plan %s) started; log %s", uid, scan, start.get("plan_name"), path,
+        extra={"run": uid},
+    )  # fmt: skip
     return handler
 
 
@@ -63,7 +82,8 @@ def close_run_log(handler: logging.Handler | None) -> None:
     """Finish a run's log file."""
     if handler is None:
         return
-    logging.getLogger(ROOT).info("the pipeline has finished this run")
+    uid = next((f.uid for f in handler.filters if isinstance(f, RunFilter)), None)
+    logging.getLogger(ROOT).info("the pipeline has finished this run", extra={"run": uid})
     logging.getLogger(ROOT).removeHandler(handler)
     handler.close()
 
@@ -84,7 +104,7 @@ def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> P
     if run is not None:
         run = run.strip().lower()
         by_scan = [] if uid or not run.isdigit() else [f for f in files if _scan_of(f) == int(run)]
-        files = by_scan or [f for f in files if _uid8_of(f).startswith(run[:8])]
+        files = by_scan or [f for f in files if _uid_of(f).startswith(run)]
     if not files:
         what = f"for run {run!r}" if run else "yet"
         raise FileNotFoundError(
@@ -99,7 +119,7 @@ def _scan_of(path: Path) -> int | None:
     return int(scan) if scan.isdigit() else None
 
 
-def _uid8_of(path: Path) -> str:
+def _uid_of(path: Path) -> str:
     return path.stem.split("_", 2)[2]
 
 

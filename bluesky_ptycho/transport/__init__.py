@@ -1,12 +1,12 @@
 """Moving documents between processes and machines, and spreading stages over workers.
 
-- :mod:`.wire`: one document ↔ one ZeroMQ multipart message (msgpack header,
-  arrays as raw buffers; nothing is pickled, so a message can never run code).
+- documents travel as :mod:`bluesky_ptycho.io.codec` encodes them: one ZeroMQ
+  multipart message each (msgpack header, arrays as raw buffers), decoded
+  strictly; nothing is pickled, so a message can never run code.
 - :mod:`.publisher`: the RunEngine side (``RE.subscribe(Publisher())``).
 - :mod:`.server`: ``bluesky-ptycho serve PIPELINE.toml``, the back-end.
 - :mod:`.control`: commands and status (``bluesky-ptycho status``).
 - :mod:`.security`: CURVE keys (``bluesky-ptycho keys``).
-- :mod:`.workers`: the Dask cluster the distributed stages run on.
 - :mod:`.mpi`: a reconstruction split into regions over MPI ranks.
 """
 

@@ -1,6 +1,8 @@
 """The control channel's client: ``bluesky-ptycho status`` and ``bluesky-ptycho control``.
 
-Requests and replies are msgpack maps over a REQ/REP socket pair. Requests:
+Requests and replies are msgpack maps (:func:`bluesky_ptycho.io.codec.pack`, read back
+with the strict :func:`~bluesky_ptycho.io.codec.unpack_value`) between a REQ socket
+and the back-end's ROUTER socket. Requests:
 ``{"command": "status"}``, ``{"command": "set", "stage": KEY, "params":
 {...}}``, ``{"command": "abort"}``, ``{"command": "clear"}``,
 ``{"command": "reset"}``, ``{"command": "ping"}``. Replies carry ``ok`` and,
@@ -12,9 +14,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgpack
 import zmq
 
+from bluesky_ptycho.io.codec import BadMessage, pack, unpack_value
 from bluesky_ptycho.transport import DEFAULT_CONTROL_PORT, DEFAULT_HOST, address
 from bluesky_ptycho.transport.security import apply, client_keys
 
@@ -39,15 +41,21 @@ def request(
     apply(sock, client_keys(keys))
     sock.connect(control)
     try:
-        sock.send(msgpack.packb({"command": command, **fields}))
-        reply = msgpack.unpackb(sock.recv(), raw=False)
+        sock.send(pack({"command": command, **fields}))
+        reply = unpack_value(sock.recv(), max_bytes=64 * 2**20)
     except zmq.Again:
         raise ControlError(
             f"no answer from the back-end at {control} within {timeout} s: is `bluesky-ptycho "
             "serve` running there (and do you have its keys, if it uses them)?"
         ) from None
+    except BadMessage as err:
+        raise ControlError(
+            f"the back-end at {control} answered something that is not a reply: {err}"
+        ) from None
     finally:
         sock.close()
+    if not isinstance(reply, dict):
+        raise ControlError(f"the back-end at {control} answered {type(reply).__name__}, not a map")
     if not reply.get("ok"):
         raise ControlError(f"the back-end at {control} refused {command!r}: {reply.get('error')}")
     return reply
@@ -57,13 +65,23 @@ def format_status(status: dict) -> str:
     """A status reply as the table ``bluesky-ptycho status`` prints."""
     srv = status.get("server", {})
     w = status.get("workers") or {}
+    c = srv.get("counters", {})
     lines = [
         f"back-end {srv.get('address')}  up {srv.get('uptime')} s  device {status.get('device')}  "
-        f"backlog {srv.get('backlog')}/{srv.get('max_backlog')}",
-        f"documents received {srv.get('received', 0)}, duplicates {srv.get('duplicates', 0)}, "
-        f"rejected: malformed {srv.get('malformed', 0)}, oversized {srv.get('oversized', 0)}; "
-        f"runs resumed {srv.get('resumed_runs', 0)}",
+        f"backlog {srv.get('backlog')}/{srv.get('max_backlog')}  open runs "
+        f"{srv.get('open_runs', 0)}/{srv.get('max_open_runs', '?')}",
+        f"documents received {c.get('received', 0)}, duplicates {c.get('duplicates', 0)}; "
+        f"runs resumed {c.get('resumed_runs', 0)}, refused {c.get('refused_runs', 0)}, closed "
+        f"idle {c.get('idle_closed_runs', 0)}; frame reads refused "
+        f"{srv.get('frame_reads_refused', 0)}",
     ]
+    shown = ("received", "duplicates", "resumed_runs", "refused_runs", "idle_closed_runs",
+             "control_requests", "paused_polls")  # fmt: skip
+    rejected = {k: v for k, v in c.items() if v and k not in shown}
+    lines.append(
+        "rejected or failed: "
+        + (", ".join(f"{k} {v}" for k, v in rejected.items()) if rejected else "none")
+    )
     if w:
         lines.append(
             f"dask: {w.get('n', '?')} worker(s) at {w.get('scheduler')} "

@@ -1,7 +1,7 @@
 """The RunEngine's side of the remote back-end: ``RE.subscribe(Publisher())``.
 
 The callback only puts the document on a queue and returns; a thread of its
-own sends each document as one message (:mod:`.wire`) over a ZeroMQ PUSH
+own sends each document as one message (:mod:`bluesky_ptycho.io.codec`) over a ZeroMQ PUSH
 socket to ``bluesky-ptycho serve``. PUSH holds messages while the back-end
 is away or busy (up to ``hwm`` in ZeroMQ, the rest on the queue, which holds
 documents only), so the scan never waits for the back-end and nothing is
@@ -32,10 +32,10 @@ from typing import Any
 import zmq
 from event_model import unpack_event_page
 
+from bluesky_ptycho.io.codec import encode
 from bluesky_ptycho.io.frames import StreamFrameReader
 from bluesky_ptycho.transport import DEFAULT_DATA_PORT, DEFAULT_HOST, address
 from bluesky_ptycho.transport.security import apply, client_keys
-from bluesky_ptycho.transport.wire import encode
 
 log = logging.getLogger(__name__)
 FRAME_MODES = ("file", "inline")

@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq
 
+from bluesky_ptycho.io.codec import MAX_MESSAGE_BYTES, BadMessage, decode, encode
 from bluesky_ptycho.transport import DEFAULT_HOST, address
 from bluesky_ptycho.transport.security import ServerKeys, apply, client_keys
-from bluesky_ptycho.transport.wire import MAX_MESSAGE_BYTES, BadMessage, decode, encode
 
 log = logging.getLogger(__name__)
 DEFAULT_SNAPSHOT_PORT = 5579

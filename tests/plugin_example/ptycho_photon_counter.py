@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from bluesky_ptycho.callbacks.base import DerivedRun, Stage
 from bluesky_ptycho.plugins import Param
-from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
 class PhotonCounter(Stage):

@@ -46,5 +46,5 @@ def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_pat
         "DERIVED ['dark_statistics', 'frame_cleaning', 'quality', 'reconstruction', 'stxm']"
         in out.stdout
     )
-    assert "DB 1 1" in out.stdout and "SUSPENDERS 2" in out.stdout
+    assert "DB 1 1" in out.stdout and "SUSPENDERS 3" in out.stdout  # beam, quality, spool
     assert "Error" not in out.stderr, out.stderr

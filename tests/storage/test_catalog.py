@@ -276,8 +276,7 @@ def test_a_spool_left_by_a_dead_process_is_written_by_the_next(stored, tmp_path)
     folder, uid, docs, _ = stored
     spool = tmp_path / "data" / "spool"
     spool.mkdir(parents=True)
-    import msgpack
-    import msgpack_numpy
+    from bluesky_ptycho.io.codec import encode, record
 
     # the raw run's documents as a process that died before writing them would have left them
     descriptors = {d["uid"] for n, d in docs if n == "descriptor" and d["run_start"] == uid}
@@ -288,14 +287,14 @@ def test_a_spool_left_by_a_dead_process_is_written_by_the_next(stored, tmp_path)
         or d.get("run_start") == uid
         or d.get("descriptor") in descriptors
     ]
-    with (spool / f"{uid}.msgpack").open("wb") as f:
+    with (spool / f"{uid}.spool").open("wb") as f:
         for n, d in raw:
-            f.write(msgpack.packb([n, d], default=msgpack_numpy.encode))
-    assert len(read_spool(spool / f"{uid}.msgpack")) == len(raw)
+            f.write(b"".join(bytes(b) for b in record(encode(n, d, uid))))
+    assert len(read_spool(spool / f"{uid}.spool")) == len(raw)
     cat = Catalog(directory=tmp_path / "data", readable_storage=[folder / "raw"])
     try:
         assert cat.writer.flush(60)
         assert len(cat[uid]["primary"]["fccd_image"].read()) == 25
-        assert not (spool / f"{uid}.msgpack").exists()
+        assert not (spool / f"{uid}.spool").exists()
     finally:
         cat.close()

@@ -15,123 +15,17 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from bluesky import RunEngine
+from backends import Backend, beamline
 from tiled_serve import TiledServe, free_port
 
 from bluesky_ptycho.acquisition.plans import ptycho_scan
-from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
+from bluesky_ptycho.io import codec
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.plugins.stage import Stage
-from bluesky_ptycho.transport import address, wire
 from bluesky_ptycho.transport.control import ControlError, request
 from bluesky_ptycho.transport.publisher import Publisher
 from bluesky_ptycho.transport.security import generate_keys
 from bluesky_ptycho.transport.server import Server
-
-PIPELINE = """
-[pipeline]
-device = "cpu"
-cxi = true
-
-[stages.dark_statistics]
-inputs = ["raw"]
-
-[stages.frame_cleaning]
-inputs = ["raw", "dark_statistics"]
-where = "dask"
-params = { batch_size = 4 }
-
-[stages.stxm]
-inputs = ["frame_cleaning"]
-
-[stages.reconstruction]
-inputs = ["frame_cleaning", "stxm"]
-params = { final_iterations = 5, min_frames = 8 }
-
-[stages.quality]
-inputs = ["frame_cleaning", "reconstruction"]
-"""
-
-
-class Backend:
-    """``bluesky-ptycho serve`` in a process of its own, on free ports."""
-
-    def __init__(self, folder: Path, *extra: str, workers: int = 2, ports=None) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        pipeline = folder / "pipeline.toml"
-        pipeline.write_text(PIPELINE)
-        self.port, self.control_port = ports or (free_port(), free_port())
-        self.results = address("127.0.0.1", free_port())
-        self.address = address("127.0.0.1", self.port)
-        self.control = address("127.0.0.1", self.control_port)
-        env = {
-            **os.environ,
-            "BLUESKY_PTYCHO_DATA": str(folder / "data"),
-            "BLUESKY_PTYCHO_LOGS": str(folder / "logs"),
-        }
-        cmd = [
-            str(Path(sys.executable).with_name("bluesky-ptycho")),
-            "serve",
-            str(pipeline),
-            "--port",
-            str(self.port),
-            "--control-port",
-            str(self.control_port),
-            "--snapshot-port",
-            self.results.rpartition(":")[2],
-            "--workers",
-            str(workers),
-            "--max-in-flight",
-            "8",
-            *extra,
-        ]
-        self.log = (folder / "serve.log").open("ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (folder / "serve.log").read_text()
-            try:
-                request("ping", self.control, timeout=1)
-                return
-            except ControlError:
-                time.sleep(0.3)
-        raise TimeoutError((folder / "serve.log").read_text())
-
-    def status(self) -> dict:
-        return request("status", self.control, timeout=10)["status"]
-
-    def wait_finished(self, uid: str, timeout: float = 180) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.status()["runs"].get(uid)
-            if run is not None and run["finished"]:
-                return run
-            time.sleep(0.5)
-        raise TimeoutError(f"run {uid} not finished: {self.status()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-    def log_text(self) -> str:
-        return (self.folder / "serve.log").read_text()
-
-
-def beamline(raw_dir: Path, publisher: Publisher, catalog=None):
-    RE = RunEngine({})
-    stage, shutter = SampleStage(name="stage"), Shutter(name="shutter")
-    fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
-    if catalog is not None:
-        RE.subscribe(catalog.writer)
-    RE.subscribe(publisher)
-    return RE, fccd, stage, shutter
 
 
 def cleaned_points(catalog, uid: str) -> list[int]:
@@ -177,7 +71,8 @@ def test_a_scan_published_over_zeromq_is_cleaned_on_two_dask_workers_and_reconst
     assert stages["frame_cleaning"]["frames_out"] == 25
     assert stages["reconstruction"]["state"] == "done"
     assert all(not s["last_error"] for s in stages.values()), stages
-    assert status["server"].get("malformed", 0) == status["server"].get("oversized", 0) == 0
+    c = status["server"]["counters"]
+    assert c["malformed"] == c["oversized"] == c["errors"] == c["pipeline_errors"] == 0
     assert (backend.folder / "data" / "cxi" / f"scan_{RE.md.get('scan_id', 1)}.cxi").exists()
 
 
@@ -293,29 +188,7 @@ def test_status_command_prints_the_stages(backend):
     assert "documents received" in out.stdout and "dask: 2 worker(s)" in out.stdout
 
 
-# -- security and bad input, on an in-process server ------------------------------------------
-@pytest.fixture
-def local_server(tmp_path):
-    servers = []
-
-    def make(**kwargs) -> Server:
-        pipe = Pipeline(output_dir=None)
-        server = Server(
-            pipe, port=free_port(), control_port=free_port(), snapshot_port=free_port(), **kwargs
-        )
-        thread = threading.Thread(target=server.serve, daemon=True)
-        thread.start()
-        servers.append((server, thread, pipe))
-        return server
-
-    yield make
-    for server, thread, pipe in servers:
-        server.stop()
-        thread.join(10)
-        server.close()
-        pipe.close()
-
-
+# -- security and bad input, on an in-process server (tests/transport/conftest.py) ----------
 def test_binding_beyond_localhost_needs_keys():
     with pytest.raises(ValueError, match=r"needs CURVE keys.*bluesky-ptycho keys"):
         Server(Pipeline(), host="0.0.0.0", port=free_port(), control_port=free_port())
@@ -379,11 +252,11 @@ def test_malformed_and_oversized_messages_are_rejected_and_counted(local_server)
     for parts in bad:
         sock.send_multipart(parts)
     sock.send_multipart(
-        wire.encode(
+        codec.encode(
             "event", {"uid": "big", "data": {"img": np.zeros((1024, 1024), np.uint16)}}, run="r"
         )
     )
-    good = wire.encode("start", {"uid": "s" * 36, "time": 0.0, "scan_id": 1})
+    good = codec.encode("start", {"uid": "s" * 36, "time": 0.0, "scan_id": 1})
     sock.send_multipart(good)
     deadline = time.monotonic() + 10
     while server.counters["received"] < 1 and time.monotonic() < deadline:
@@ -404,13 +277,13 @@ def test_documents_of_a_run_never_started_are_set_aside(local_server):
     sock.connect(server.address)
     for i in range(3):
         sock.send_multipart(
-            wire.encode(
+            codec.encode(
                 "event",
                 {"uid": f"e{i}", "descriptor": "d", "seq_num": i + 1, "data": {}},
                 run="lost-run",
             )
         )
-    sock.send_multipart(wire.encode("start", {"uid": "s" * 36, "time": 0.0}))
+    sock.send_multipart(codec.encode("start", {"uid": "s" * 36, "time": 0.0}))
     deadline = time.monotonic() + 10
     while server.counters["received"] < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -419,11 +292,11 @@ def test_documents_of_a_run_never_started_are_set_aside(local_server):
     sock.close()
 
 
-def test_wire_round_trip_keeps_arrays_without_copies():
+def test_codec_round_trip_keeps_arrays_without_copies():
     frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    parts = wire.encode("event", {"uid": "u", "data": {"img": frame, "x": 1.5}}, run="r")
+    parts = codec.encode("event", {"uid": "u", "data": {"img": frame, "x": 1.5}}, run="r")
     assert len(parts) == 2 and parts[1].obj is frame  # the frame's own memory goes out
-    name, doc, run = wire.decode(parts)
+    name, doc, run = codec.decode(parts)
     assert (name, run) == ("event", "r")
     assert np.array_equal(doc["data"]["img"], frame) and doc["data"]["x"] == 1.5
 
@@ -462,7 +335,7 @@ def test_a_backend_restarted_mid_scan_resumes_from_the_stored_documents(tmp_path
         assert restarted
         run = b.wait_finished(uid)
         pub.close()
-        assert b.status()["server"]["resumed_runs"] == 1
+        assert b.status()["server"]["counters"]["resumed_runs"] == 1
         assert run["stages"]["frame_cleaning"]["frames_out"] == n
         assert run["stages"]["reconstruction"]["state"] == "done"
     finally:

@@ -23,3 +23,10 @@ quality, quality_feedback = install_quality_suspender(
     settle=2.0,
     sleep=1.0,
 )
+
+# Pause while the spool cannot be written (a full disk): nothing is taken unrecorded. The scan
+# goes on when the disk takes documents again, and fails after 10 minutes without.
+from bluesky_ptycho.storage.guard import SpoolGuard
+
+spool_guard = SpoolGuard(catalog.writer, give_up=600.0)
+spool_guard.install(RE)
