@@ -70,7 +70,7 @@ def test_reconstruct_reports_what_is_wrong(cxi, tmp_path, capsys):
         dst["entry_1/sample_1/geometry_1/translation"] = np.zeros((3, 3))
     assert main(["reconstruct", str(bad), "-o", str(tmp_path / "o.cxi"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "entry_1/data_1/translation has shape (3, 3)" in err and "(100, 3)" in err
+    assert "entry_1/data_1/translation" in err and "(3, 3)" in err and "(100, 3)" in err
     assert main(["reconstruct", str(tmp_path / "none.cxi"), "-o", str(tmp_path / "o.cxi")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert (
