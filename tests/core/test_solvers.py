@@ -96,6 +96,7 @@ def test_streaming_in_random_order_matches_the_batch_run(scan):
     for chunk in np.array_split(order, 12):
         stream.add_frames(chunk, scan.intensities[chunk])
         threading.Event().wait(0.02)
+    n_live = s.iteration  # (a lower bound: the worker may still be running one)
     stream.finish()
     final = stream.wait(120)
     assert final is not None and final.final and snaps[-1] is final
@@ -103,6 +104,10 @@ def test_streaming_in_random_order_matches_the_batch_run(scan):
     assert [x.n_measured for x in snaps] == sorted(x.n_measured for x in snaps)
     err = _error(s, scan)
     assert abs(err - batch) < 0.01, (err, batch)
+    # the final iterations ended on the convergence stop, not on the count of 40
+    assert final.iteration - n_live < 40 and "40 final" not in stream.stop_reason, (
+        stream.stop_reason
+    )
 
 
 def test_flagged_frames_are_left_out_and_rescans_replace_them(scan):
