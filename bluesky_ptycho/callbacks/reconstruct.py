@@ -25,6 +25,9 @@ from bluesky_ptycho.core.solvers import (
 from bluesky_ptycho.core.solvers.setup import scan_grid, setup_solver
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
+#: points of the published FRC curve (fixed, so the stream's shapes never change)
+FRC_POINTS = 64
+
 
 @dataclass
 class ReconstructionResult:
@@ -402,11 +405,14 @@ class StreamingReconstructionStage(Stage):
         if self._out is None or self._out.stopped or self.grid is None:
             return
         px_nm = self.grid.pixel_size_m * 1e9
+        # on a fixed grid of FRC_POINTS frequencies up to Nyquist: every event of the stream
+        # has the same shapes (the object's size, and so the rings, may change)
+        grid = np.linspace(0, 0.5, FRC_POINTS)
         self.frc = {
             "resolution_nm": self._nm(frc.resolution_px),
-            "frequency_per_nm": (frc.frequency / px_nm).astype(np.float32),
-            "correlation": frc.correlation.astype(np.float32),
-            "half_bit": frc.half_bit.astype(np.float32),
+            "frequency_per_nm": (grid / px_nm).astype(np.float32),
+            "correlation": np.interp(grid, frc.frequency, frc.correlation).astype(np.float32),
+            "half_bit": np.interp(grid, frc.frequency, frc.half_bit).astype(np.float32),
             "iteration": int(iteration),
             "final": bool(final),
         }
