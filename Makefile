@@ -38,7 +38,7 @@ bench: $(STAMP)
 bench-remote: $(STAMP)
 	$(BIN)/python benchmarks/remote.py --frames 10000
 
-# Solvers against pty-chi (in its own venv, built once), the paper's 1600-frame test.
+# Solvers against pty-chi (in its own venv, built once), the 1600-frame test of Daurer et al. 2017.
 .venv-ptychi/bin/python:
 	bash benchmarks/ptychi_env.sh .venv-ptychi
 

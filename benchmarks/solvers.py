@@ -1,4 +1,4 @@
-"""Solver benchmarks: against pty-chi, the paper's 1600-frame test, iterations per second.
+"""Solver benchmarks: against pty-chi, the 1600-frame test of Daurer et al. 2017, iterations per second.
 
 Run with ``make bench-solvers`` (``python benchmarks/solvers.py [CASE ...] [--skip-paper]
 [--old]``).

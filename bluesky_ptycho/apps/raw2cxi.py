@@ -1,17 +1,19 @@
-"""Offline: raw FCCD frames on disk → a cleaned CXI file (the paper's ``nsraw2cxi``).
+"""Offline: raw FCCD frames on disk → a cleaned CXI file (Nanosurveyor's ``nsraw2cxi``, Daurer et al. 2017).
 
-Reads the dark and the data frames from the HDF5 files the FCCD device wrote,
-the scan's geometry and positions from its start document (saved as JSON),
-and runs the same core steps as the live pipeline: dark statistics, the nine
-cleaning steps, the STXM contrast and the probe estimate. Flagged frames are
-left out of the CXI file and reported.
+The scan is streamed through the same stages as the live pipeline
+(``pipeline/raw2cxi.toml``: dark statistics, the nine cleaning steps, the STXM
+contrast and the probe estimate), as :mod:`bluesky_ptycho.apps.replay` does
+with a stored run: the documents a RunEngine would have emitted are made from
+the detector's HDF5 files and the scan's start document (saved as JSON), and
+the CXI export writes what the stages produce. Flagged frames are left out of
+the CXI file and reported.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,6 @@ import h5py
 import numpy as np
 
 from bluesky_ptycho.core import fccd
-from bluesky_ptycho.core.arrays import backend, to_numpy
-from bluesky_ptycho.core.clean import CleanSettings, Preprocessor
-from bluesky_ptycho.core.dark import DarkSettings, RunningDarkStats
-from bluesky_ptycho.core.geometry import Beamstop, Geometry
-from bluesky_ptycho.core.stxm import probe_estimate
-from bluesky_ptycho.io.cxi import CxiData, write_cxi
 from bluesky_ptycho.io.frames import DATASET
 
 
@@ -58,7 +54,7 @@ def load_metadata(path: str | Path) -> dict:
         for k in ("energy_ev", "distance_m", "pixel_size_m", "positions_m")
         if not isinstance(md, dict) or k not in md
     ]
-    if missing:
+    if missing or not isinstance(md, dict):
         raise ValueError(
             f"{path} lacks {missing}: give a start document written by ptycho_scan "
             "(its 'ptycho' block), or a JSON object with those keys (SI units)"
@@ -83,7 +79,7 @@ def scan_files(path: str | Path) -> tuple[Path, Path | None]:
             "(a scan_<id>.json written by the demo), got "
             + ("no 'files'" if isinstance(scan, dict) else f"a JSON {type(scan).__name__}")
         )
-    out = []
+    out: list[Path | None] = []
     for key, required in (("primary", True), ("dark", False)):
         value = files.get(key)
         if value is None and not required:
@@ -95,25 +91,29 @@ def scan_files(path: str | Path) -> tuple[Path, Path | None]:
                 "HDF5 file (a string)"
             )
         out.append(Path(value))
+    assert out[0] is not None  # (required above)
     return out[0], out[1]
 
 
-def _dataset(path: Path, what: str) -> h5py.Dataset:
+def _dataset(path: Path, what: str) -> int:
+    """The number of raw FCCD frames in *path* (ValueError naming what is wrong)."""
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", swmr=True)
     except OSError as err:
-        raise ValueError(f"cannot open the {what} file {path}: {err}") from err
-    if DATASET not in f:
-        f.close()
-        raise ValueError(f"{path} has no {DATASET}: is it a frame file written by the FCCD device?")
-    ds = f[DATASET]
-    if tuple(ds.shape[1:]) != fccd.RAW_SHAPE:
-        f.close()
-        raise ValueError(
-            f"{path}:{DATASET} holds frames of shape {tuple(ds.shape[1:])}, expected raw FCCD "
-            f"frames {fccd.RAW_SHAPE}"
-        )
-    return ds
+        raise ValueError(f"cannot open the {what} file {path}: {err}") from None
+    with f:
+        ds = f.get(DATASET)
+        if not isinstance(ds, h5py.Dataset):
+            raise ValueError(f"{path} has no dataset {DATASET}: is it a frame file written by "
+                             "the FCCD device?")  # fmt: skip
+        if tuple(ds.shape[1:]) != fccd.RAW_SHAPE or ds.dtype.kind not in "ui":
+            raise ValueError(
+                f"{path}:{DATASET} holds {ds.dtype} frames of shape {tuple(ds.shape[1:])}; "
+                f"expected raw FCCD frames, integers of shape {fccd.RAW_SHAPE}"
+            )
+        if ds.shape[0] < 1:
+            raise ValueError(f"{path}:{DATASET} holds no frames")
+        return int(ds.shape[0])
 
 
 def raw_to_cxi(
@@ -125,8 +125,9 @@ def raw_to_cxi(
     batch_size: int = 16,
     settings: dict[str, Any] | None = None,
     progress: bool = False,
+    positions_m: np.ndarray | None = None,
 ) -> Raw2CxiResult:
-    """Clean the raw frames of one scan into a CXI file.
+    """Clean the raw frames of one scan into a CXI file, through the live pipeline's stages.
 
     Parameters
     ----------
@@ -138,90 +139,113 @@ def raw_to_cxi(
     output : path
         The CXI file to write.
     settings : dict, optional
-        :class:`~bluesky_ptycho.core.clean.CleanSettings` fields to override.
+        Cleaning parameters (the ``frame_cleaning`` stage's: ``threshold_adu``, …).
+    positions_m : (N, 2) array, optional
+        Where each frame was taken (x, y in m), e.g. the stage's readbacks;
+        default: the planned positions of the metadata.
     """
+    from bluesky_ptycho.pipeline.files import RAW2CXI
+    from bluesky_ptycho.pipeline.runner import Pipeline
+
     t0 = time.perf_counter()
-    xp = backend(device)
-    md = metadata
-    g = Geometry.from_metadata({"crop_px": 512, "frame_px": 128, **md})
-    base = CleanSettings(
-        adu_per_photon=float(md.get("adu_per_photon", 36.5)),
-        crop_px=g.crop_px,
-        frame_px=g.frame_px,
-        beamstop=Beamstop.from_dict(md.get("beamstop")),
-    )
-    s = replace(base, **(settings or {}))
-    positions = np.asarray(md["positions_m"], np.float64)
-    data = _dataset(Path(frames_path), "frames")
-    n = data.shape[0]
-    if len(positions) < n:
+    output = Path(output)
+    n = _dataset(Path(frames_path), "frames")
+    n_darks = _dataset(Path(darks_path), "darks") if darks_path is not None else 0
+    positions = np.asarray(metadata["positions_m"] if positions_m is None else positions_m, float)
+    if positions.ndim != 2 or positions.shape[1] != 2 or len(positions) < n:
         raise ValueError(
-            f"{frames_path} holds {n} frames but the metadata give {len(positions)} positions"
+            f"{frames_path} holds {n} frames but the positions given have shape "
+            f"{positions.shape}; expected ({n}, 2) (x, y in m)"
         )
-    dark = None
-    n_darks = 0
-    if darks_path is not None:
-        darks = _dataset(Path(darks_path), "darks")
-        stats = RunningDarkStats(fccd.RAW_SHAPE, xp)
-        for i in range(0, darks.shape[0], batch_size):
-            stats.update(xp.asarray(darks[i : i + batch_size]))
-        n_darks = stats.n_frames
-        darks.file.close()
-        dark = stats.result(DarkSettings())
-    pre = Preprocessor(dark, s, xp)
+    params = {"frame_cleaning": {"batch_size": batch_size, **(settings or {})}}
+    pipe = Pipeline(RAW2CXI, device=device, output_dir=output.parent, cxi_name=output.name,
+                    params=params)  # fmt: skip
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=n, unit="frame", desc="raw2cxi", dynamic_ncols=True)
-    kept: list[np.ndarray] = []
-    points: list[int] = []
-    flags: dict[int, str] = {}
-    total = None
+        cleaned: set[str] = set()
+
+        def count(name: str, doc: dict) -> None:
+            if name == "descriptor" and doc.get("name") == "cleaned":
+                cleaned.add(doc["uid"])
+            elif name == "event" and doc["descriptor"] in cleaned:
+                bar.update(1)
+
+        pipe.subscribe(count)
     try:
-        for i in range(0, n, batch_size):
-            raw = data[i : i + batch_size]
-            out = pre(xp.asarray(raw))
-            frames = to_numpy(out.frames)
-            for k, why in enumerate(out.flags):
-                if why:
-                    flags[i + k] = why
-                else:
-                    kept.append(frames[k])
-                    points.append(i + k)
-            good = frames[out.valid]
-            if len(good):
-                total = good.sum(axis=0) if total is None else total + good.sum(axis=0)
-            if bar is not None:
-                bar.update(len(raw))
-                bar.set_postfix(flagged=len(flags), refresh=False)
+        docs = scan_documents(Path(frames_path), n, Path(darks_path) if darks_path else None,
+                              n_darks, metadata, positions[:n])  # fmt: skip
+        uid = docs[0][1]["uid"]
+        for name, doc in docs:
+            pipe(name, doc)
+        run = pipe.wait(uid, timeout=max(600.0, 2.0 * n))
     finally:
-        data.file.close()
         if bar is not None:
             bar.close()
-    if not kept:
-        raise ValueError(f"every frame of {frames_path} was flagged: {sorted(set(flags.values()))}")
-    zp = md.get("zone_plate") or {}
-    illumination = to_numpy(
-        probe_estimate(
-            xp.asarray(total / len(kept)),
-            defocus_m=float(zp.get("defocus_m", 0.0)),
-            wavelength_m=g.wavelength_m,
-            pixel_size_m=g.object_pixel_size_m,
+        pipe.close()
+    export = run.export
+    if export is None or export.path is None:
+        flags = export.flags if export is not None else {}
+        raise ValueError(
+            f"no frame of {frames_path} could be cleaned: "
+            f"{sorted(set(flags.values())) or run.errors}"
         )
-    )
-    ps = g.frame_pixel_size_m
-    pos = positions[points]
-    path = write_cxi(
-        output,
-        CxiData(
-            frames=np.stack(kept).astype(np.float32),
-            translations_m=np.column_stack([pos, np.zeros(len(pos))]),
-            energy_ev=g.energy_ev,
-            distance_m=g.distance_m,
-            pixel_size_m=(ps, ps),
-            mask=np.zeros((g.frame_px, g.frame_px), np.uint32),
-            illumination=illumination,
-        ),
-    )
-    return Raw2CxiResult(path, n, len(kept), n_darks, flags, pre.center, time.perf_counter() - t0)
+    center = getattr(run.by_stage("frame_cleaning"), "center", None)
+    flags = dict(sorted(export.flags.items()))
+    return Raw2CxiResult(export.path, n, n - len(flags), n_darks, flags, center,
+                         time.perf_counter() - t0)  # fmt: skip
+
+
+def scan_documents(
+    frames: Path,
+    n: int,
+    darks: Path | None,
+    n_darks: int,
+    metadata: dict,
+    positions_m: np.ndarray,
+) -> list[tuple[str, dict]]:
+    """The documents a RunEngine would have emitted for a scan whose frames are in *frames*
+    (and *darks*): a ``dark`` and a ``primary`` stream whose frames the StreamResource and
+    StreamDatum documents reference, each primary event with its point and position."""
+    from event_model import compose_run, compose_stream_resource
+
+    from bluesky_ptycho.io.frames import MIMETYPE
+
+    md = {**metadata, "image_key": "fccd_image", "x_key": "x", "y_key": "y", "point_key": "point",
+          "num_points": n, "num_darks": n_darks}  # fmt: skip
+    bundle = compose_run(metadata={"plan_name": "raw2cxi", "scan_id": 0, "ptycho": md})
+    out: list[tuple[str, dict]] = [("start", bundle.start_doc)]
+    image = {"source": "raw2cxi", "dtype": "array", "dtype_numpy": "<u2",
+             "shape": list(fccd.RAW_SHAPE), "external": "STREAM:"}  # fmt: skip
+    number = {"source": "raw2cxi", "dtype": "number", "shape": []}
+    streams = [("dark", darks, n_darks, {"fccd_image": image})]
+    streams.append(("primary", frames, n, {"fccd_image": image, "x": number, "y": number,
+                                           "point": {**number, "dtype": "integer"}}))  # fmt: skip
+    for name, path, count, keys in streams:
+        if path is None or not count:
+            continue
+        desc = bundle.compose_descriptor(name=name, data_keys=keys)
+        out.append(("descriptor", desc.descriptor_doc))
+        res = compose_stream_resource(
+            mimetype=MIMETYPE, uri=f"file://localhost{path.resolve()}", data_key="fccd_image",
+            parameters={"dataset": DATASET, "chunk_shape": [1, *fccd.RAW_SHAPE],
+                        "join_method": "stack", "swmr": True},
+        )  # fmt: skip
+        out.append(
+            ("stream_resource", {**res.stream_resource_doc, "run_start": bundle.start_doc["uid"]})
+        )
+        for i in range(count):
+            datum = res.compose_stream_datum(
+                indices={"start": i, "stop": i + 1}, seq_nums={"start": i + 1, "stop": i + 2},
+                descriptor=desc.descriptor_doc,
+            )  # fmt: skip
+            out.append(("stream_datum", datum))
+            data: dict[str, Any] = {}
+            if name == "primary":
+                data = {"x": float(positions_m[i, 0]), "y": float(positions_m[i, 1]), "point": i}
+            event = desc.compose_event(data=data, timestamps={k: 0.0 for k in data}, seq_num=i + 1)
+            out.append(("event", event))
+    out.append(("stop", bundle.compose_stop()))
+    return out

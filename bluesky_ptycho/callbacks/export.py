@@ -1,4 +1,4 @@
-"""Writes a scan's cleaned frames and final reconstruction to a CXI file."""
+"""Writes a scan's cleaned frames, probe estimate and final reconstruction to a CXI file."""
 
 from __future__ import annotations
 
@@ -12,15 +12,21 @@ from bluesky_ptycho.io.cxi import CxiData, write_cxi
 
 
 class CxiExport(DocumentRouter):
-    """Collects the ``cleaned`` frames and the final ``snapshot``; writes CXI at the end.
+    """Collects the ``cleaned`` frames, the last ``probe_estimate`` and the final
+    ``snapshot``; writes CXI when the run of stage *after* stops.
 
-    Subscribe it to the cleaning and reconstruction stages. It writes when the
-    reconstruction's run stops; :attr:`path` is then set.
+    Subscribe it to the stages. With ``after="reconstruction"`` (a pipeline
+    that reconstructs) the file holds the frames and the reconstruction; with
+    ``after="stxm"`` (``bluesky-ptycho raw2cxi``) the frames and the probe
+    estimate in ``source_1/illumination``. :attr:`path` is set once written.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, after: str = "reconstruction") -> None:
         super().__init__()
         self.target = Path(path)
+        self.after = after
+        self.flags: dict[int, str] = {}
+        self._probe: np.ndarray | None = None
         self.path: Path | None = None
         self._frames: dict[int, tuple[np.ndarray, float, float]] = {}
         self._md: dict | None = None
@@ -31,7 +37,7 @@ class CxiExport(DocumentRouter):
     def start(self, doc: dict) -> None:
         if doc.get("stage") == "frame_cleaning":
             self._md = doc["ptycho"]
-        elif doc.get("stage") == "reconstruction":
+        if doc.get("stage") == self.after:
             self._recon_uid = doc["uid"]
 
     def descriptor(self, doc: dict) -> None:
@@ -42,12 +48,15 @@ class CxiExport(DocumentRouter):
         d = doc["data"]
         if stream == "cleaned":
             for i, ok in enumerate(d["valid"]):
+                point = int(d["point"][i])
                 if ok:
-                    self._frames[int(d["point"][i])] = (
-                        np.asarray(d["frame"][i]),
-                        d["x"][i],
-                        d["y"][i],
-                    )
+                    self._frames[point] = (np.asarray(d["frame"][i]), d["x"][i], d["y"][i])
+                    self.flags.pop(point, None)
+                else:
+                    self._frames.pop(point, None)
+                    self.flags[point] = str(d["flag"][i])
+        elif stream == "probe_estimate":
+            self._probe = np.asarray(d["probe"][-1])
         elif stream == "snapshot" and any(d["final"]):
             self._final = {k: v[-1] for k, v in d.items()}
 
@@ -71,6 +80,7 @@ class CxiExport(DocumentRouter):
                 distance_m=md["distance_m"],
                 pixel_size_m=(ps, ps),
                 mask=np.zeros(frames.shape[1:], np.uint32),
+                illumination=self._probe,
                 probe=None if self._final is None else self._final["probe"],
                 object=None if self._final is None else self._final["object"],
                 object_pixel_size_m=g.object_pixel_size_m,

@@ -1,4 +1,4 @@
-"""STXM and probe-estimate stage: the paper's image worker, on the cleaned frames."""
+"""STXM and probe-estimate stage: Nanosurveyor's image worker (Daurer et al. 2017), on the cleaned frames."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Splitting a scan into regions for a reconstruction spread over several ranks.
 
-As the SSRF system does (../shared/papers/ssrf-distributed-system.txt): the
+As the SSRF nanoprobe's distributed system does (Zhang, Jiang, He & Li 2024): the
 scan positions are clustered with k-means into compact regions of about
 equal size, and each region takes in the positions of its neighbours
 within an overlap distance, so the regions' objects share pixels that the

@@ -53,10 +53,10 @@ def connect(
         from dask_jobqueue import SLURMCluster
 
         settings = {"cores": 1, "memory": "8GiB", "processes": 1, **slurm}
-        cluster = SLURMCluster(**settings)
-        cluster.scale(jobs=n)
-        log.info("asked SLURM for %d worker job(s):\n%s", n, cluster.job_script())
-        return Client(cluster)
+        slurm_cluster = SLURMCluster(**settings)
+        slurm_cluster.scale(jobs=n)
+        log.info("asked SLURM for %d worker job(s):\n%s", n, slurm_cluster.job_script())
+        return Client(slurm_cluster)
     cluster = LocalCluster(
         n_workers=n,
         threads_per_worker=1,

@@ -21,6 +21,8 @@ from bluesky_ptycho.plugins import available_stages, load_stage
 DEFAULT = Path(__file__).with_name("default.toml")
 #: the back-end's default: frame cleaning spread over Dask workers
 BACKEND = Path(__file__).with_name("backend.toml")
+#: what `bluesky-ptycho raw2cxi` runs: cleaning and the probe estimate, no reconstruction
+RAW2CXI = Path(__file__).with_name("raw2cxi.toml")
 RAW = "raw"
 RAW_OUTPUTS = ("raw/primary", "raw/dark")
 WHERE = ("process", "dask")

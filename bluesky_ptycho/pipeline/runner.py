@@ -93,6 +93,8 @@ class Pipeline:
         (:func:`bluesky_ptycho.pipeline.dask.connect`).
     max_in_flight : int
         Frames a distributed stage has out on the workers at most.
+    cxi_name : str, optional
+        The CXI file's name in *output_dir* (default ``scan_<scan_id>.cxi``).
     keep_runs : int
         Finished runs whose stages (and results) are kept for :meth:`wait` and the
         status; older ones are let go, so a long-lived back-end's memory stays flat.
@@ -115,6 +117,7 @@ class Pipeline:
         client: Any = None,
         max_in_flight: int = 32,
         keep_runs: int = 16,
+        cxi_name: str | None = None,
     ) -> None:
         if not isinstance(spec, PipelineSpec):
             spec = load_pipeline(spec)
@@ -135,6 +138,7 @@ class Pipeline:
         self.metadata = {"pipeline": spec.to_dict(), **(metadata or {})}
         self.runs: dict[str, RunStages] = {}
         self.keep_runs = keep_runs
+        self.cxi_name = cxi_name
         self._open: set[str] = set()  # runs the router holds state for (no stop seen yet)
         self._subscribers: list[Callback] = []
         self._new_run = threading.Condition()
@@ -177,7 +181,7 @@ class Pipeline:
         for key, s in self.spec.stages.items():  # inputs come first
             stage = s.cls(device=self.spec.device, **s.params)
             if s.where == "dask":
-                stage.distribute(self.client, self.max_in_flight)  # type: ignore[attr-defined]
+                stage.distribute(self.client, self.max_in_flight)
             for source in s.inputs:
                 if source == RAW:
                     raw.append(stage)
@@ -191,9 +195,11 @@ class Pipeline:
                     producer.subscribe(stage)
         export = None
         if self.output_dir is not None and self.spec.cxi:
-            export = CxiExport(
-                self.output_dir / f"scan_{start.get('scan_id', start['uid'][:8])}.cxi"
-            )
+            names = [s.stage_name for s in built.values()]
+            after = next((n for n in ("reconstruction", "stxm", "frame_cleaning") if n in names),
+                         names[-1])  # fmt: skip
+            name = self.cxi_name or f"scan_{start.get('scan_id', start['uid'][:8])}.cxi"
+            export = CxiExport(self.output_dir / name, after=after)
             for stage in built.values():
                 stage.subscribe(export)
         for stage in built.values():

@@ -3,7 +3,7 @@
 Loaded lazily: a stage's module is imported only when the stage is asked for,
 so a pipeline that does not use a GPU stage never imports CuPy. A third-party
 package adds a stage by declaring an entry point in that group; the class
-describes itself (the paper's key-value description of every module):
+describes itself (as Nanosurveyor describes every module by key and value, Daurer et al. 2017):
 
 - ``inputs`` / ``optional_inputs``: the data it consumes, as
   ``"<producer>/<stream>"`` — ``raw/primary`` and ``raw/dark`` are the

@@ -24,9 +24,6 @@ Frames travel one of two ways (``frames=``):
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
 from typing import Any
 
 import zmq
@@ -34,12 +31,12 @@ from event_model import unpack_event_page
 
 from bluesky_ptycho.io.codec import encode
 from bluesky_ptycho.io.frames import StreamFrameReader
+from bluesky_ptycho.threads import Worker
 from bluesky_ptycho.transport import DEFAULT_DATA_PORT, DEFAULT_HOST, address
 from bluesky_ptycho.transport.security import apply, client_keys
 
 log = logging.getLogger(__name__)
 FRAME_MODES = ("file", "inline")
-_CLOSE = object()
 
 
 class Publisher:
@@ -72,12 +69,11 @@ class Publisher:
             raise ValueError(f"Publisher(address={address!r}): give tcp://HOST:PORT")
         self.address = address
         self.frames = frames
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context = zmq.Context.instance()
         self._sock = self._context.socket(zmq.PUSH)
         self._sock.sndhwm = hwm
         apply(self._sock, client_keys(keys))
         self._sock.connect(address)
-        self._queue: queue.Queue = queue.Queue()
         self.sent = 0
         self.errors: list[str] = []
         self._runs: dict[str, str] = {}  # descriptor or resource uid → run uid
@@ -85,47 +81,38 @@ class Publisher:
         self._images: dict[str, str] = {}  # image StreamResource uid → run uid
         self._reader = StreamFrameReader()
         self._pending: dict[tuple[str, int], Any] = {}  # (descriptor, seq_num) → frame
-        self._thread = threading.Thread(target=self._send_loop, name="publisher", daemon=True)
-        self._thread.start()
+        # a document that cannot be sent is logged and kept in `errors`; the others go on
+        self._worker = Worker(
+            "publisher",
+            self._send,
+            log=log,
+            on_error=lambda err: self.errors.append(f"{type(err).__name__}: {err}"),
+        )
 
     def __call__(self, name: str, doc: dict) -> None:
-        self._queue.put((name, doc))
+        self._worker.put((name, doc))
 
     @property
     def queued(self) -> int:
         """Documents waiting to be sent."""
-        return self._queue.qsize()
+        return self._worker.pending
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every document so far has been handed to ZeroMQ; True if in time."""
-        end = None if timeout is None else time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if end is not None and time.monotonic() > end:
-                return False
-            time.sleep(0.01)
-        return True
+        return self._worker.wait_idle(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is queued (waiting up to *timeout* s for the back-end), then close."""
-        self._queue.put((_CLOSE, None))
-        self._thread.join(timeout)
+        self._worker.close()
+        self._worker.join(timeout)
         self._sock.close(linger=int(timeout * 1000))
 
     # -- the sending thread ---------------------------------------------------------
-    def _send_loop(self) -> None:
-        while True:
-            name, doc = self._queue.get()
-            try:
-                if name is _CLOSE:
-                    return
-                for n, d in self._outgoing(name, doc):
-                    self._sock.send_multipart(encode(n, d, self._run_of(n, d)), copy=False)
-                    self.sent += 1
-            except Exception as err:  # a document that cannot be sent must not stop the others
-                self.errors.append(f"{name}: {type(err).__name__}: {err}")
-                log.exception("could not send a %s document to %s", name, self.address)
-            finally:
-                self._queue.task_done()
+    def _send(self, item: tuple[str, dict]) -> None:
+        name, doc = item
+        for n, d in self._outgoing(name, doc):
+            self._sock.send_multipart(encode(n, d, self._run_of(n, d)), copy=False)
+            self.sent += 1
 
     def _run_of(self, name: str, doc: dict) -> str | None:
         if name == "start":

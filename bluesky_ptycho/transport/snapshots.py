@@ -19,7 +19,6 @@ descriptor they may have missed).
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 import zmq
 
 from bluesky_ptycho.io.codec import MAX_MESSAGE_BYTES, BadMessage, decode, encode
+from bluesky_ptycho.threads import Worker
 from bluesky_ptycho.transport import DEFAULT_HOST, address
 from bluesky_ptycho.transport.security import ServerKeys, apply, client_keys
 
@@ -54,48 +54,37 @@ class SnapshotPublisher:
     ) -> None:
         self.address = address
         self.sent = 0
-        self.dropped = 0
-        self._queue: collections.deque = collections.deque(maxlen=queue)
-        self._wake = threading.Condition()
-        self._closed = False
         self._sock = context.socket(zmq.PUB)
         if keys is not None:
             keys.apply(self._sock)
         self._sock.linger = 0
         self._sock.sndhwm = 64
         self._sock.bind(address)
-        self._thread = threading.Thread(target=self._send, name="snapshot-publisher", daemon=True)
-        self._thread.start()
+        # the newest matters: when the queue is full the oldest document makes room
+        self._worker = Worker("snapshot-publisher", self._send, maxsize=queue, log=log)
+        self._unsent = 0  # no room at the socket (a lagging subscriber): dropped there
+
+    @property
+    def dropped(self) -> int:
+        """Documents dropped because a subscriber lagged (queue full, or the socket full)."""
+        return self._worker.dropped + self._unsent
 
     def __call__(self, name: str, doc: dict) -> None:
-        with self._wake:
-            if len(self._queue) == self._queue.maxlen:
-                self.dropped += 1
-            self._queue.append((name, doc))
-            self._wake.notify()
+        self._worker.put((name, doc))
 
-    def _send(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._closed:
-                    self._wake.wait()
-                if self._closed:
-                    break
-                name, doc = self._queue.popleft()
-            try:
-                self._sock.send_multipart(encode(name, doc), copy=False, flags=zmq.NOBLOCK)
-                self.sent += 1
-            except zmq.Again:  # no room at the socket (a lagging subscriber): drop
-                self.dropped += 1
-            except Exception:
-                log.exception("a %s document could not be published", name)
-        self._sock.close(0)
+    def _send(self, item: tuple[str, dict]) -> None:
+        name, doc = item
+        try:
+            self._sock.send_multipart(encode(name, doc), copy=False, flags=zmq.NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            self._unsent += 1
 
     def close(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify()
-        self._thread.join(5)
+        self._worker.drain()
+        self._worker.close()
+        self._worker.join(5)
+        self._sock.close(0)
 
 
 class SnapshotSubscriber:

@@ -1,4 +1,5 @@
-"""Simulate an experiment from an image layer (the paper's "simulate from an SEM image").
+"""Simulate an experiment from an image layer (as Nanosurveyor does from an SEM image,
+Daurer et al. 2017).
 
 Pick an image layer, a scan size and a photon count: a raster scan over a
 sample made from the image (:func:`bluesky_ptycho.core.sim.object_from_image`)

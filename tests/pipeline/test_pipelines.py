@@ -226,7 +226,7 @@ def test_each_run_logs_to_its_own_file_and_logs_shows_it(tmp_path, capsys):
         figure=False,
         log_dir=logs,
     )
-    (path,) = logs.glob(f"*_scan1_{r.uid[:8]}.log")
+    (path,) = logs.glob(f"*_scan1_{r.uid}.log")
     text = path.read_text()
     assert f"run {r.uid} (scan 1, plan ptycho_scan) started" in text
     assert "bluesky_ptycho.stages.reconstruction: rpie: 9 frames" in text

@@ -1,4 +1,4 @@
-"""The napari plugin, headless (Xvfb + Mesa: see ../shared/HEADLESS.md; `make test` starts it).
+"""The napari plugin, headless (Xvfb + Mesa's software OpenGL; `make test` starts it).
 
 The RunEngine runs in the main thread, as in the operator's session; its
 default during-task spins the Qt event loop while it waits (matplotlib's Qt
