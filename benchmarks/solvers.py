@@ -262,7 +262,7 @@ def main() -> int:
     table = hard_cases.table(rows)
     print(table)
     (HERE / f"hard-cases-{platform.node() or 'host'}.md").write_text(table + "\n")
-    if "--old" in sys.argv:  # the issue-5 comparison on our own simulator's data
+    if "--old" in sys.argv:  # the earlier comparison, on our own simulator's data
         result["vs_ptychi"] = vs_ptychi()
         print(json.dumps(result["vs_ptychi"], indent=1))
     if "--skip-paper" not in sys.argv:
