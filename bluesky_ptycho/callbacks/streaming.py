@@ -8,10 +8,11 @@ The worker iterates as long as there are frames, publishes a
 :class:`Snapshot` after the first iteration that ends ``snapshot_interval``
 seconds or more after the last one (a frame is in the live image at most
 one interval plus one iteration after it arrived), and, once
-:meth:`finish` says no more frames come, lowers the solver's step (a quarter,
-then halved every iteration: the live image is near its solution, and
-smaller steps average the noise out), iterates until the object stops
-changing (the solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence`
+:meth:`finish` says no more frames come — when the data error had already
+stopped falling while the scan ran (less than 1 % in three iterations), it
+lowers the solver's step (a quarter, then halved every iteration: the live
+image is at its noise floor, and smaller steps average the noise out) —
+iterates until the object stops changing (the solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence`
 rule: its estimated remaining change below the options' ``stop_tolerance``),
 at most ``final_iterations`` more, and publishes the final snapshot.
 Callbacks run on the worker thread.
@@ -263,8 +264,9 @@ class StreamingReconstruction:
                 self._drain()
                 if self._finished and stop is None:
                     stop = self.solver.convergence().after(self.solver)
-                    if self.anneal:
-                        self.solver.anneal()
+                    e = self.solver.errors
+                    if self.anneal and len(e) >= 4 and e[-1] > 0.99 * e[-4]:
+                        self.solver.anneal()  # at its step-1 floor already: polish
                 if self._finished and (
                     after >= self.final_iterations
                     or self.solver.n_measured == 0
