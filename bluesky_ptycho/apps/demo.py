@@ -36,6 +36,9 @@ class DemoResult:
     figure_path: Path | None
     documents: list
     stored: bool = False
+    frc_resolution_nm: float = float("nan")
+    object_pixel_nm: float = float("nan")
+    stop_reason: str = ""
 
 
 def run_demo(
@@ -129,6 +132,9 @@ def run_demo(
         figure_path=fig,
         documents=docs,
         stored=stored,
+        frc_resolution_nm=r.frc_resolution_m * 1e9,
+        object_pixel_nm=r.grid.pixel_size_m * 1e9,
+        stop_reason=r.stop_reason,
     )
 
 

@@ -14,9 +14,9 @@ import numpy as np
 from bluesky_ptycho.core import metrics
 from bluesky_ptycho.core.arrays import backend, to_numpy
 from bluesky_ptycho.core.geometry import wavelength_m
-from bluesky_ptycho.core.ptycho import object_grid, probe_from_counts
-from bluesky_ptycho.core.solvers import Solver, make_options, solver_class
+from bluesky_ptycho.core.solvers import Solver
 from bluesky_ptycho.core.solvers.options import MAX_ITERATION
+from bluesky_ptycho.core.solvers.setup import low_flux, scan_grid, setup_solver
 from bluesky_ptycho.core.stxm import probe_estimate
 from bluesky_ptycho.io.cxi import CxiData, read_cxi, write_cxi
 
@@ -39,6 +39,8 @@ class ReconstructResult:
         Where the starting probe came from.
     ranks : int
         MPI ranks the scan was split over (1: one process).
+    stopped_by : str
+        Why iterating ended: the convergence stop, or the count.
     left_out : int
         Frames left out because they hold NaN or infinite values.
     """
@@ -51,6 +53,7 @@ class ReconstructResult:
     object_pixel_size_m: float
     probe_source: str
     ranks: int = 1
+    stopped_by: str = ""
     left_out: int = 0
 
 
@@ -98,9 +101,15 @@ def prepare(
     finite = np.isfinite(frames).all(axis=(1, 2))  # frames with NaN/inf pixels are left out
     if not finite.any():
         raise ValueError(f"{source}: every frame of entry_1/data_1/data holds NaN or inf values")
-    grid_positions = positions_m if grid_from_m is None else grid_from_m
-    grid = object_grid(grid_positions, dx, max(h, w), margin_px=16)
-    mean_counts = float(frames[finite].sum(axis=(1, 2)).mean())
+    # the grid is checked (its size against the memory) before anything big is allocated
+    grid = scan_grid(positions_m if grid_from_m is None else grid_from_m, dx, max(h, w))
+    counts = np.where(finite, np.nan_to_num(frames.sum(axis=(1, 2))), 0.0)
+    dark = finite & low_flux(np.where(finite, counts, np.median(counts[finite])))
+    mean_counts = (
+        float(counts[finite & ~dark].mean())
+        if (finite & ~dark).any()
+        else float(counts[finite].mean())
+    )
     if data.illumination is not None:
         probe = np.asarray(data.illumination, np.complex64)
         if probe.ndim not in (2, 3) or not np.isfinite(probe).all():
@@ -124,20 +133,24 @@ def prepare(
             )
         )
         origin = f"the mean diffraction pattern, defocus {defocus_m:.3g} m"
-    probe = probe_from_counts(probe, mean_counts)
-    opts = make_options(algorithm, probe_modes=modes, **(options or {}))
     mask = None if data.mask is None else np.asarray(data.mask) == 0
-    solver = solver_class(algorithm)(
-        grid.to_pixels(positions_m),
-        grid.shape,
+    made = setup_solver(
+        positions_m,
+        dx,
         xp.asarray(probe),
-        opts,
+        mean_counts,
+        algorithm,
+        {"probe_modes": modes, **(options or {})},
         None if mask is None else xp.asarray(mask),
+        grid=grid,
     )
+    solver = made.solver
     for start in range(0, n, 256):  # in blocks: the host copy may be larger than the device
         idx = np.arange(start, min(n, start + 256))[finite[start : start + 256]]
         if len(idx):
             solver.add_frames(idx, xp.asarray(frames[idx]))
+    if dark.any():  # a beam dump or a failed readout: left out, as the live monitor does
+        solver.flag(np.flatnonzero(dark))
     return solver, dx, origin
 
 
@@ -145,13 +158,14 @@ def reconstruct_cxi(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     algorithm: str = "rpie",
-    iterations: int = 100,
+    iterations: int = 200,
     modes: int = 1,
     device: str = "cpu",
     options: dict[str, Any] | None = None,
     progress: Callable[[int, float], Any] | None = None,
     defocus_m: float = 0.0,
     comm: Any = None,
+    converge: bool = True,
 ) -> ReconstructResult:
     """Reconstruct the ptychography scan in *input_path*; write probe and object to *output_path*.
 
@@ -159,7 +173,10 @@ def reconstruct_cxi(
     geometry) plus the probe in ``entry_1/image_1/data`` and the object in
     ``entry_1/image_2/data`` with the object's pixel size (the layout
     ptychodus reads). *progress(iteration, data_error)* is called after
-    each iteration.
+    each iteration. Iterating stops when the object has converged (the
+    solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence` rule
+    with the options' ``stop_tolerance``), after at most *iterations*; with
+    ``converge=False`` (and always with MPI) it runs them all.
 
     With an MPI communicator *comm* of more than one rank, each rank
     reconstructs one region of the scan and the object is merged every
@@ -177,11 +194,14 @@ def reconstruct_cxi(
         data, algorithm, modes, device, options, str(input_path), defocus_m=defocus_m
     )
     step = RegionMerge(comm, solver).iterate if ranks > 1 else solver.iterate
+    stop = solver.convergence(tolerance=None if converge else 0.0)
     t0 = time.perf_counter()
     for _ in range(iterations):
         err = step(1)
         if progress is not None and err:
             progress(solver.iteration, err[0])
+        if ranks == 1 and stop.update(solver):
+            break
     seconds = time.perf_counter() - t0
     data.probe = to_numpy(solver.probe)
     data.object = to_numpy(solver.object)
@@ -198,6 +218,7 @@ def reconstruct_cxi(
         object_pixel_size_m=pixel,
         probe_source=origin,
         ranks=ranks,
+        stopped_by=stop.reason or f"{solver.iteration} iterations",
         left_out=int((~np.isfinite(data.frames).all(axis=(1, 2))).sum()),
     )
 

@@ -11,8 +11,9 @@ import numpy as np
 from bluesky_ptycho.callbacks.streaming import Snapshot, StreamingReconstruction
 from bluesky_ptycho.core.arrays import backend, to_numpy
 from bluesky_ptycho.core.geometry import Geometry, ZonePlate
+from bluesky_ptycho.core.metrics import FRC
 from bluesky_ptycho.core.params import Param, declared
-from bluesky_ptycho.core.ptycho import ObjectGrid, object_grid, probe_from_counts
+from bluesky_ptycho.core.ptycho import ObjectGrid
 from bluesky_ptycho.core.sim import fzp_probe
 from bluesky_ptycho.core.solvers import (
     ALGORITHMS,
@@ -21,7 +22,11 @@ from bluesky_ptycho.core.solvers import (
     make_options,
     solver_class,
 )
+from bluesky_ptycho.core.solvers.setup import scan_grid, setup_solver
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
+
+#: points of the published FRC curve (fixed, so the stream's shapes never change)
+FRC_POINTS = 64
 
 
 @dataclass
@@ -37,6 +42,8 @@ class ReconstructionResult:
     flags: dict[int, str] = field(default_factory=dict)
     iterations: int = 0
     seconds: float = 0.0
+    frc_resolution_m: float = float("nan")
+    stop_reason: str = ""
 
 
 class StreamingReconstructionStage(Stage):
@@ -74,9 +81,9 @@ class StreamingReconstructionStage(Stage):
     stage_name = "reconstruction"
     inputs = ("frame_cleaning/cleaned",)
     optional_inputs = ("stxm/probe_estimate",)
-    outputs = ("reconstruction/iteration", "reconstruction/snapshot")
+    outputs = ("reconstruction/iteration", "reconstruction/snapshot", "reconstruction/frc")
     feedback_inputs = ("quality/verdict",)
-    live_params = ("final_iterations", "snapshot_interval", "max_live_iterations")
+    live_params = ("final_iterations", "snapshot_interval", "max_live_iterations", "frc_interval")
     params = (
         Param("algorithm", "str", "rpie", "The solver.", choices=ALGORITHMS),
         Param("options", "table", {}, "Solver options by name (`bluesky-ptycho stages "
@@ -91,6 +98,11 @@ class StreamingReconstructionStage(Stage):
               min=0, max=1_000_000),
         Param("initial_probe", "str", "zone_plate", "Start from the zone plate in the metadata, "
               "or the stxm stage's estimate.", choices=("zone_plate", "estimate")),
+        Param("frc_interval", "float", 30.0, "Time between half-set FRCs (even against odd "
+              "frames) while the scan runs; each costs about six iterations (0: none live).",
+              "s", min=0, max=3600),
+        Param("final_frc", "bool", True, "Take the half-set FRC after the final image (stream "
+              "'frc'; the final snapshot is not held up by it)."),
     )  # fmt: skip
 
     @classmethod
@@ -124,16 +136,24 @@ class StreamingReconstructionStage(Stage):
         min_frames: int = 16,
         max_live_iterations: int = 0,
         initial_probe: str = "zone_plate",
+        frc_interval: float = 30.0,
+        final_frc: bool = True,
     ) -> None:
         self.xp = backend(device)
         self.check_params(
             device, algorithm=algorithm, options=dict(options or {}),
             final_iterations=final_iterations, snapshot_interval=snapshot_interval,
             min_frames=min_frames, max_live_iterations=max_live_iterations,
-            initial_probe=initial_probe,
+            initial_probe=initial_probe, frc_interval=frc_interval, final_frc=final_frc,
         )  # fmt: skip
+        self.frc_interval = float(frc_interval)
+        self.final_frc = bool(final_frc)
+        self._final_snap: Snapshot | None = None
+        self.frc: dict[str, Any] | None = None
         self.solver_type: type[Solver] = solver_class(algorithm)
         self.options: SolverOptions = make_options(algorithm, **(options or {}))
+        self.option_values = dict(options or {})
+        self.algorithm = algorithm
         self.initial_probe = initial_probe
         self._probe_ready = initial_probe == "zone_plate"
         self.final_iterations = int(final_iterations)
@@ -171,8 +191,9 @@ class StreamingReconstructionStage(Stage):
         g = Geometry.from_metadata(md)
         self.planned_fallback = 0
         positions = np.asarray(md["positions_m"], dtype=np.float64)
-        self.grid = object_grid(positions, g.object_pixel_size_m, g.frame_px, margin_px=16)
+        self.grid = scan_grid(positions, g.object_pixel_size_m, g.frame_px)
         self.n_points = len(positions)
+        self.grid_positions_m = positions
         self._probe = fzp_probe(g, ZonePlate(**md.get("zone_plate", {})))
         self._positions_px = self.grid.to_pixels(positions)
         self._t0 = time.monotonic()
@@ -201,10 +222,16 @@ class StreamingReconstructionStage(Stage):
     def _begin(self, mean_counts: float | None) -> None:
         """Allocate the solver and start iterating (the probe is known now)."""
         assert self.grid is not None
-        probe = self.xp.asarray(self._probe)
-        if mean_counts is not None:
-            probe = probe_from_counts(probe, mean_counts)
-        solver = self.solver_type(self._positions_px, self.grid.shape, probe, self.options)
+        solver = setup_solver(
+            self.grid_positions_m,
+            self.grid.pixel_size_m,
+            self.xp.asarray(self._probe),
+            mean_counts,
+            self.algorithm,
+            self.option_values,
+            grid=self.grid,
+            corners=self._positions_px,
+        ).solver
         self.stream = StreamingReconstruction(
             solver,
             snapshot_interval=self.snapshot_interval,
@@ -214,6 +241,10 @@ class StreamingReconstructionStage(Stage):
             on_snapshot=lambda snap: self.call_soon(lambda: self._publish_snapshot(snap)),
             on_iteration=lambda *a: self.call_soon(lambda: self._publish_iteration(*a)),
             on_error=lambda err: self.call_soon(lambda: self._finish(None)),
+            frc_interval=self.frc_interval,
+            final_frc=self.final_frc,
+            on_frc=lambda *a: self.call_soon(lambda: self._publish_frc(*a)),
+            on_end=lambda: self.call_soon(lambda: self._finish(self._final_snap)),
         )
         for item in self._pending:
             self.stream.add_frames(*item)
@@ -382,10 +413,33 @@ class StreamingReconstructionStage(Stage):
                 "data_error": float(snap.data_error),
                 "final": bool(snap.final),
                 "frame_errors": snap.frame_errors.astype(np.float32),
+                "frc_resolution_nm": self._nm(snap.frc.resolution_px) if snap.frc else np.nan,
+                "stop_reason": self.stream.stop_reason if self.stream and snap.final else "",
             },
         )
         if snap.final:
-            self._finish(snap)
+            self._final_snap = snap
+
+    def _nm(self, px: float) -> float:
+        return float(px * self.grid.pixel_size_m * 1e9) if self.grid is not None else np.nan
+
+    def _publish_frc(self, frc: FRC, iteration: int, final: bool) -> None:
+        """The half-set FRC: resolution in nm, and the curve against spatial frequency (1/nm)."""
+        if self._out is None or self._out.stopped or self.grid is None:
+            return
+        px_nm = self.grid.pixel_size_m * 1e9
+        # on a fixed grid of FRC_POINTS frequencies up to Nyquist: every event of the stream
+        # has the same shapes (the object's size, and so the rings, may change)
+        grid = np.linspace(0, 0.5, FRC_POINTS)
+        self.frc = {
+            "resolution_nm": self._nm(frc.resolution_px),
+            "frequency_per_nm": (grid / px_nm).astype(np.float32),
+            "correlation": np.interp(grid, frc.frequency, frc.correlation).astype(np.float32),
+            "half_bit": np.interp(grid, frc.frequency, frc.half_bit).astype(np.float32),
+            "iteration": int(iteration),
+            "final": bool(final),
+        }
+        self._out.event("frc", dict(self.frc))
 
     def _finish(self, snap: Snapshot | None) -> None:
         assert self._out is not None
@@ -401,6 +455,10 @@ class StreamingReconstructionStage(Stage):
                 flags=dict(self.flags),
                 iterations=snap.iteration,
                 seconds=time.monotonic() - self._t0,
+                frc_resolution_m=(
+                    self.frc["resolution_nm"] * 1e-9 if self.frc is not None else float("nan")
+                ),
+                stop_reason=self.stream.stop_reason,
             )
         elif self.stream is not None and self.stream.error is not None:
             self.errors.append(f"solver failed: {self.stream.error!r}")

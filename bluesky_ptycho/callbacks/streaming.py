@@ -8,8 +8,14 @@ The worker iterates as long as there are frames, publishes a
 :class:`Snapshot` after the first iteration that ends ``snapshot_interval``
 seconds or more after the last one (a frame is in the live image at most
 one interval plus one iteration after it arrived), and, once
-:meth:`finish` says no more frames come, runs ``final_iterations`` more and
-publishes the final snapshot. Callbacks run on the worker thread.
+:meth:`finish` says no more frames come — when the data error had already
+stopped falling while the scan ran (less than 1 % in three iterations), it
+lowers the solver's step (a quarter, then halved every iteration: the live
+image is at its noise floor, and smaller steps average the noise out) —
+iterates until the object stops changing (the solver's :meth:`~bluesky_ptycho.core.solvers.Solver.convergence`
+rule: its estimated remaining change below the options' ``stop_tolerance``),
+at most ``final_iterations`` more, and publishes the final snapshot.
+Callbacks run on the worker thread.
 
 NumPy's FFTs and array loops release the GIL, so on CPU the worker runs
 beside the thread that receives frames; on CuPy it only queues kernels.
@@ -28,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from bluesky_ptycho.core.arrays import to_numpy
+from bluesky_ptycho.core.metrics import FRC
 from bluesky_ptycho.core.solvers import Solver
+from bluesky_ptycho.core.solvers.halves import half_set_frc
 
 log = logging.getLogger("bluesky_ptycho.callbacks.streaming")
 
@@ -62,6 +70,12 @@ class Snapshot:
         View corners (refined, when position refinement is on).
     frame_errors : (N,) float64
         Each frame's data error against this model (NaN: not measured).
+    frc : FRC or None
+        The latest Fourier ring correlation of the even and odd frames'
+        objects (:func:`~bluesky_ptycho.core.solvers.halves.half_set_frc`),
+        resolution in object pixels; None before the first.
+    frc_iteration : int
+        The iteration at which that FRC was taken (-1: none yet).
     """
 
     object: np.ndarray
@@ -76,6 +90,8 @@ class Snapshot:
     origin_shift: tuple[int, int] = (0, 0)
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     frame_errors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    frc: FRC | None = None
+    frc_iteration: int = -1
 
 
 class StreamingReconstruction:
@@ -88,7 +104,8 @@ class StreamingReconstruction:
     snapshot_interval : float
         Seconds between snapshots while iterating (> 0).
     final_iterations : int
-        Iterations after :meth:`finish` (>= 0).
+        Most iterations after :meth:`finish` (>= 0); fewer when the object
+        has converged (the solver's ``stop_tolerance``; 0 there: all of them).
     min_frames : int
         Frames needed before the first iteration (all of them if the scan
         has fewer).
@@ -98,6 +115,18 @@ class StreamingReconstruction:
     on_iteration : callable(iteration, data_error, n_measured), optional
     on_error : callable(exception), optional
         Called if the solver fails (the error is also raised by :meth:`wait`).
+    frc_interval : float
+        Seconds between half-set FRCs while the scan runs (each costs about
+        as much as six iterations; 0: none while it runs). The next snapshot
+        carries it.
+    final_frc : bool
+        Take the FRC once more after the final snapshot (the final image is
+        not held up by it) and hand it to *on_frc*.
+    on_frc : callable(FRC, iteration, final), optional
+        Called with each FRC taken.
+    on_end : callable(), optional
+        Called last, after the final snapshot and FRC (not after an abort or
+        an error).
     """
 
     def __init__(
@@ -110,6 +139,10 @@ class StreamingReconstruction:
         on_snapshot: Callable[[Snapshot], Any] | None = None,
         on_iteration: Callable[[int, float, int], Any] | None = None,
         on_error: Callable[[BaseException], Any] | None = None,
+        frc_interval: float = 30.0,
+        final_frc: bool = True,
+        on_frc: Callable[[FRC, int, bool], Any] | None = None,
+        on_end: Callable[[], Any] | None = None,
     ) -> None:
         if not snapshot_interval > 0:
             raise ValueError(f"snapshot_interval={snapshot_interval} must be positive (seconds)")
@@ -117,6 +150,8 @@ class StreamingReconstruction:
             raise ValueError(f"final_iterations={final_iterations} must be >= 0")
         if min_frames < 1:
             raise ValueError(f"min_frames={min_frames} must be >= 1")
+        if not frc_interval >= 0:
+            raise ValueError(f"frc_interval={frc_interval} must be >= 0 (seconds; 0: none live)")
         self.solver = solver
         self.snapshot_interval = float(snapshot_interval)
         self.final_iterations = int(final_iterations)
@@ -125,12 +160,23 @@ class StreamingReconstruction:
         self.on_snapshot = on_snapshot
         self.on_iteration = on_iteration
         self.on_error = on_error
+        self.frc_interval = float(frc_interval)
+        self.final_frc = bool(final_frc)
+        self.on_frc = on_frc
+        self.on_end = on_end
+        #: lower the step at finish() (:meth:`~bluesky_ptycho.core.solvers.Solver.anneal`)
+        self.anneal = True
+        self.frc: FRC | None = None
+        self.frc_iteration = -1
+        self._last_frc = time.monotonic()
         self._inbox: queue.Queue = queue.Queue()
         self._wake = threading.Event()
         self._finished = False
         self._abort = False
         self._received = 0
         self.final: Snapshot | None = None
+        #: why the final iterations ended ("" until they have)
+        self.stop_reason = ""
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._t0 = time.monotonic()
@@ -212,12 +258,25 @@ class StreamingReconstruction:
 
     def _run(self) -> None:
         after = 0
+        stop = None
         try:
             while not self._abort:
                 self._drain()
+                if self._finished and stop is None:
+                    stop = self.solver.convergence().after(self.solver)
+                    e = self.solver.errors
+                    if self.anneal and len(e) >= 4 and e[-1] > 0.99 * e[-4]:
+                        self.solver.anneal()  # at its step-1 floor already: polish
                 if self._finished and (
-                    after >= self.final_iterations or self.solver.n_measured == 0
+                    after >= self.final_iterations
+                    or self.solver.n_measured == 0
+                    or (after and stop is not None and stop.update(self.solver))
                 ):
+                    self.stop_reason = (
+                        stop.reason
+                        if stop is not None and stop.reason
+                        else f"{after} final iterations"
+                    )
                     break
                 if not self._ready():
                     self._wake.wait(0.05)
@@ -229,9 +288,20 @@ class StreamingReconstruction:
                 if err and self.on_iteration is not None:
                     self.on_iteration(self.solver.iteration, err[0], self.solver.n_measured)
                 if time.monotonic() - self._last_snapshot >= self.snapshot_interval:
+                    if (
+                        self.frc_interval
+                        and not self._finished
+                        and time.monotonic() - self._last_frc >= self.frc_interval
+                    ):
+                        self._take_frc(final=False)
                     self._publish(final=False)
             if not self._abort:
                 self.final = self._publish(final=True)
+                if self.final_frc and self.solver.n_measured:
+                    self._take_frc(final=True)
+                    self.final.frc, self.final.frc_iteration = self.frc, self.frc_iteration
+                if self.on_end is not None:
+                    self.on_end()
         except BaseException as err:  # reported to wait() and logged, never lost
             self.error = err
             log.exception("streaming reconstruction failed")
@@ -239,6 +309,15 @@ class StreamingReconstruction:
                 self.on_error(err)
         finally:
             self.done.set()
+
+    def _take_frc(self, final: bool) -> None:
+        self._last_frc = time.monotonic()
+        frc = half_set_frc(self.solver)
+        if frc is None:
+            return
+        self.frc, self.frc_iteration = frc, self.solver.iteration
+        if self.on_frc is not None:
+            self.on_frc(frc, self.solver.iteration, final)
 
     def snapshot(self, final: bool = False) -> Snapshot:
         """The current state as host arrays (call from the worker, or after the end)."""
@@ -256,6 +335,8 @@ class StreamingReconstruction:
             origin_shift=s.origin_shift,
             positions=s.positions.copy(),
             frame_errors=s.frame_errors() if s.n_measured else np.full(len(s.weights), np.nan),
+            frc=self.frc,
+            frc_iteration=self.frc_iteration,
         )
 
     def _publish(self, final: bool) -> Snapshot:

@@ -72,9 +72,15 @@ def run(args: argparse.Namespace) -> int:
         f"scan ({wall:.1f} s in all)"
     )
     print(
-        f"reconstruction: {result.iterations} iterations, data error {result.data_error:.4g}, "
+        f"reconstruction: {result.iterations} iterations (final ones stopped: "
+        f"{result.stop_reason}), data error {result.data_error:.4g}, "
         f"object error {result.object_error:.3f} against the simulated truth "
         "(shift, phase ramp, global phase and scale removed; illuminated region)"
+    )
+    print(
+        f"resolution: {result.frc_resolution_nm:.3g} nm by the FRC of the even and odd frames' "
+        f"reconstructions (half-bit threshold; object pixel {result.object_pixel_nm:.3g} nm), "
+        "no truth needed"
     )
     if result.flags:
         print(f"flagged frames: {result.flags}")

@@ -19,7 +19,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="CXI file to read")
     p.add_argument("-o", "--output", type=Path, required=True, help="CXI file to write")
     p.add_argument("--algorithm", default="rpie", choices=ALGORITHMS, help="solver (default rpie)")
-    p.add_argument("--iterations", type=int, default=100, help="iterations (default 100)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=200,
+        help="most iterations (default 200); iterating stops earlier once the object has "
+        "converged (option stop_tolerance, default 0.002 of its norm still to go)",
+    )
+    p.add_argument(
+        "--no-stop",
+        action="store_true",
+        help="run all --iterations, without the convergence stop",
+    )
     p.add_argument("--modes", type=int, default=1, help="incoherent probe modes (default 1)")
     options.device(p, default="cpu")
     options.assignments(p, "KEY=VALUE", "batch_size=32")
@@ -69,14 +80,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = reconstruct_cxi(
             args.input, args.output, args.algorithm, args.iterations, args.modes, args.device,
-            settings, progress, args.defocus, comm,
+            settings, progress, args.defocus, comm, not args.no_stop,
         )  # fmt: skip
     finally:
         bar.close()
     if not lead:
         return 0
     print(
-        f"{result.algorithm}: {result.iterations} iterations in {result.seconds:.1f} s, "
+        f"{result.algorithm}: {result.iterations} iterations in {result.seconds:.1f} s "
+        f"(stopped: {result.stopped_by}), "
         f"data error {result.errors[0]:.4g} → {result.errors[-1]:.4g}; "
         f"probe from {result.probe_source}; object pixel {result.object_pixel_size_m * 1e9:.3g} nm"
         + (f"; {result.ranks} MPI ranks" if result.ranks > 1 else "")

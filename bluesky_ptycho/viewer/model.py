@@ -42,6 +42,17 @@ class LiveState:
         ``x, y`` of the points whose latest verdict is bad.
     errors : (I,) float64
         Data error per iteration.
+    frame_errors : (K, 3) float64
+        ``x, y, data error`` of every frame the latest snapshot judged (each
+        frame's misfit against the model: where the data disagree).
+    frc : dict or None
+        The latest half-set FRC: ``resolution_nm``, ``frequency_per_nm``,
+        ``correlation``, ``half_bit``, ``iteration``, ``final``.
+    pixel_nm : float
+        The object's pixel (NaN until the reconstruction's run starts).
+    origin_nm : (float, float)
+        (x, y) in nm of the object's pixel (0, 0) plus half a frame: where
+        pixel (0, 0) of the object sits in the stage's coordinates.
     iteration, n_measured : int
     final : bool
     log : list of str
@@ -55,6 +66,10 @@ class LiveState:
     stxm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     bad: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     errors: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    frame_errors: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    frc: dict | None = None
+    pixel_nm: float = float("nan")
+    origin_nm: tuple[float, float] = (0.0, 0.0)
     iteration: int = 0
     n_measured: int = 0
     final: bool = False
@@ -90,6 +105,10 @@ class LiveModel:
         self._stxm: dict[int, tuple[float, float, float]] = {}
         self._bad: dict[int, tuple[float, float]] = {}
         self._errors: list[float] = []
+        self._frame_errors = np.zeros(0)
+        self._frc: dict | None = None
+        self._pixel_nm = float("nan")
+        self._origin_nm = (0.0, 0.0)
         self._iteration = self._n_measured = 0
         self._final = False
         self._version = getattr(self, "_version", 0) + 1
@@ -123,6 +142,14 @@ class LiveModel:
             with self._lock:
                 self._reset(source)
             self.log(f"scan {doc.get('scan_id', '?')} ({source[:8]}) started")
+        grid = doc.get("object_grid")
+        if isinstance(grid, dict) and "pixel_size_m" in grid:
+            frame = int(doc.get("ptycho", {}).get("frame_px", 0))
+            px = float(grid["pixel_size_m"]) * 1e9
+            with self._lock:  # stage coordinates of the object's pixel (0, 0)
+                self._pixel_nm = px
+                ox, oy = (float(v) * 1e9 for v in grid.get("origin_m", (0.0, 0.0)))
+                self._origin_nm = (ox - frame / 2 * px, oy - frame / 2 * px)
 
     def _event(self, d: dict) -> None:
         line = None
@@ -133,8 +160,26 @@ class LiveModel:
                 self._iteration = int(d.get("iteration", 0))
                 self._n_measured = int(d.get("n_measured", 0))
                 self._final = bool(d.get("final", False))
+                if "frame_errors" in d:
+                    self._frame_errors = np.asarray(d["frame_errors"], np.float64)
                 if self._final:
                     line = f"final image: {self._iteration} iterations, {self._n_measured} frames"
+                    if d.get("stop_reason"):
+                        line += f" (final iterations stopped: {d['stop_reason']})"
+            elif "correlation" in d and "half_bit" in d:
+                self._frc = {
+                    k: d[k]
+                    for k in (
+                        "resolution_nm",
+                        "frequency_per_nm",
+                        "correlation",
+                        "half_bit",
+                        "iteration",
+                        "final",
+                    )
+                }
+                if self._frc["final"]:
+                    line = f"resolution {float(d['resolution_nm']):.3g} nm (FRC of the halves)"
             elif "data_error" in d and "iteration" in d:
                 self._errors.append(float(d["data_error"]))
             elif "frame" in d and "valid" in d:
@@ -174,6 +219,9 @@ class LiveModel:
         with self._lock:
             stxm = np.array(list(self._stxm.values())) if self._stxm else np.zeros((0, 3))
             bad = np.array(list(self._bad.values())) if self._bad else np.zeros((0, 2))
+            fe = self._frame_errors
+            judged = [(x, y, fe[p]) for p, (x, y, _) in self._stxm.items()
+                      if p < len(fe) and np.isfinite(fe[p])]  # fmt: skip
             return LiveState(
                 object=self._object,
                 probe=self._probe,
@@ -182,6 +230,10 @@ class LiveModel:
                 stxm=stxm,
                 bad=bad,
                 errors=np.asarray(self._errors),
+                frame_errors=np.array(judged) if judged else np.zeros((0, 3)),
+                frc=self._frc,
+                pixel_nm=self._pixel_nm,
+                origin_nm=self._origin_nm,
                 iteration=self._iteration,
                 n_measured=self._n_measured,
                 final=self._final,
@@ -192,7 +244,10 @@ class LiveModel:
 
 
 def stxm_image(stxm: np.ndarray, size: int = 96) -> tuple[np.ndarray, tuple[float, float], float]:
-    """The STXM points gridded to an image: (image, (x0, y0) of pixel (0, 0) in m, pixel in m).
+    """Values at scan points gridded to an image: (image, (x0, y0) of pixel (0, 0) in m, pixel in m).
+
+    *stxm* is ``(K, 3)``: ``x, y`` in m and a value (the photons of the STXM
+    image, or each frame's data error).
 
     Each pixel takes the photons of the nearest measured point (Voronoi
     cells), so the picture fills in as the scan goes; pixels farther than

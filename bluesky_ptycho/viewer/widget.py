@@ -35,6 +35,9 @@ log = logging.getLogger("bluesky_ptycho.viewer")
 #: layer names the widget owns (updated in place)
 OBJECT_PHASE, OBJECT_AMPLITUDE = "object phase", "object amplitude"
 STXM, PROBE, FRAME, BAD = "STXM", "probe modes", "cleaned frame (log)", "bad points"
+FRAME_ERRORS = "data error per frame"
+#: space between the panels, as a fraction of the object's side
+GAP = 0.04
 
 
 class LiveView(QWidget):
@@ -73,6 +76,7 @@ class LiveView(QWidget):
         self._source: Any = None
         self._subscriber: Any = None
         self._shown = -1
+        self._extent: np.ndarray | None = None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(int(1000 / rate))
@@ -119,17 +123,25 @@ class LiveView(QWidget):
         row.addWidget(self.param)
         row.addWidget(self.apply_button)
         lay.addLayout(row)
-        self.figure = Figure(figsize=(4, 2.2), tight_layout=True)
-        self.axes = self.figure.add_subplot(111)
+        self.figure = Figure(figsize=(4.0, 2.0), tight_layout=True)
+        self.axes = self.figure.add_subplot(121)
         self.axes.set_xlabel("iteration")
         self.axes.set_ylabel("data error")
         (self.curve,) = self.axes.semilogy([], [], lw=1)
+        self.frc_axes = self.figure.add_subplot(122)
+        self.frc_axes.set_xlabel("spatial frequency (1/nm)")
+        self.frc_axes.set_ylabel("FRC (halves)")
+        (self.frc_curve,) = self.frc_axes.plot([], [], lw=1, label="FRC")
+        (self.frc_threshold,) = self.frc_axes.plot([], [], lw=1, ls="--", label="half-bit")
+        self.frc_axes.set_ylim(0, 1.05)
+        self.frc_axes.set_title("no FRC yet", fontsize=8)
         self.canvas = FigureCanvasQTAgg(self.figure)
         lay.addWidget(self.canvas)
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(1000)
         lay.addWidget(self.log_view)
+        self.setMaximumWidth(400)  # the canvas gets the rest of the window
 
     # -- sources -----------------------------------------------------------------------------
     def follow_pipeline(self, pipeline: Any) -> None:
@@ -193,26 +205,57 @@ class LiveView(QWidget):
         if st.version == self._shown:
             return
         self._shown = st.version
+        px = st.pixel_nm if np.isfinite(st.pixel_nm) else 1.0
+        grown = False
         if st.object is not None:
-            self._image(OBJECT_PHASE, np.angle(st.object).astype(np.float32), colormap="twilight")
-            self._image(OBJECT_AMPLITUDE, np.abs(st.object).astype(np.float32), colormap="gray")
-        if st.probe is not None:
-            self._image(
-                PROBE,
-                np.abs(np.asarray(st.probe).reshape(-1, *st.probe.shape[-2:])),
-                colormap="viridis",
-            )
-        if st.frame is not None:
-            self._image(FRAME, np.log1p(np.maximum(st.frame, 0)), colormap="magma")
-        if len(st.stxm) >= 2:
-            img, (x0, y0), px = stxm_image(st.stxm)  # its own pixels (px m each) from (x0, y0)
-            self._image(STXM, img, colormap="gray")
-            bad = (st.bad[:, ::-1] - [y0, x0]) / px if len(st.bad) else np.zeros((0, 2))
-            self._points(bad)
+            cells = self._layout(st.object.shape, st.probe, px)
+            phase = np.angle(st.object).astype(np.float32)
+            grown |= self._image(OBJECT_PHASE, phase, cells["phase"], px, colormap="twilight")
+            # a cyclic map over the phase the object spans (±π once it wraps)
+            core = phase[phase.shape[0] // 4 : -phase.shape[0] // 4 or None,
+                         phase.shape[1] // 4 : -phase.shape[1] // 4 or None]  # fmt: skip
+            lo, hi = np.percentile(core, [1, 99]) if core.size else (-np.pi, np.pi)
+            if hi > lo:
+                self.viewer.layers[OBJECT_PHASE].contrast_limits = (float(lo), float(hi))
+            grown |= self._image(OBJECT_AMPLITUDE, np.abs(st.object).astype(np.float32),
+                                 cells["amplitude"], px, colormap="gray")  # fmt: skip
+            if st.probe is not None:
+                probe = np.abs(np.asarray(st.probe).reshape(-1, *st.probe.shape[-2:]))
+                grown |= self._image(PROBE, probe, cells["probe"], px, colormap="viridis")
+            if st.frame is not None:
+                grown |= self._image(FRAME, np.log1p(np.maximum(st.frame, 0)), cells["frame"], px,
+                                     colormap="magma")  # fmt: skip
+            for name, points, cell in ((STXM, st.stxm, "stxm"),
+                                       (FRAME_ERRORS, st.frame_errors, "errors")):  # fmt: skip
+                if len(points) >= 2:
+                    img, (x0, y0), step = stxm_image(points)
+                    # in its cell where the object shows the same part of the sample
+                    at = (cells[cell][0] + y0 * 1e9 - st.origin_nm[1],
+                          cells[cell][1] + x0 * 1e9 - st.origin_nm[0])  # fmt: skip
+                    cmap = "gray" if name == STXM else "inferno"
+                    grown |= self._image(name, img, at, step * 1e9, colormap=cmap)
+                    if name == STXM:
+                        bad = st.bad[:, ::-1] * 1e9 - [y0 * 1e9, x0 * 1e9] + at
+                        self._points(bad if len(st.bad) else np.zeros((0, 2)))
+        extent = np.asarray(self.viewer.layers.extent.world)[:, -2:]
+        if grown and (self._extent is None or not np.allclose(extent, self._extent)):
+            self._extent = extent
+            self.viewer.reset_view()  # fit the view to the data as it grows
         if len(st.errors):
             self.curve.set_data(np.arange(1, len(st.errors) + 1), st.errors)
             self.axes.relim()
             self.axes.autoscale_view()
+        if st.frc is not None:
+            f = np.asarray(st.frc["frequency_per_nm"])
+            self.frc_curve.set_data(f, st.frc["correlation"])
+            self.frc_threshold.set_data(f, st.frc["half_bit"])
+            self.frc_axes.set_xlim(0, float(f.max()) if len(f) else 1)
+            self.frc_axes.set_title(
+                f"resolution {float(st.frc['resolution_nm']):.3g} nm "
+                f"(iteration {int(st.frc['iteration'])})",
+                fontsize=8,
+            )
+        if len(st.errors) or st.frc is not None:
             self.canvas.draw_idle()
         shown = "\n".join(st.log[-200:])
         if shown != self.log_view.toPlainText():
@@ -223,19 +266,83 @@ class LiveView(QWidget):
             f"{what}: iteration {st.iteration}, {st.n_measured} frames, {len(st.bad)} bad point(s)"
         )
 
-    def _image(self, name: str, data: np.ndarray, **kwargs: Any) -> None:
+    def _layout(self, shape: tuple, probe: Any, px: float) -> dict[str, tuple[float, float]]:
+        """Top-left corners (row, column, nm) of the panels: object phase and amplitude, the
+        probe and the frame, the STXM image and the per-frame data error, in two rows of
+        three on a wide canvas or three rows of two on a tall one (whichever shows them
+        larger)."""
+        h, w = shape[0] * px, shape[1] * px
+        side = (probe.shape[-1] if probe is not None else 0) * px
+        gap = GAP * max(h, w)
+        canvas = self._canvas_size()
+        wide = {  # the probe over the frame in the third column
+            "phase": (0.0, 0.0),
+            "amplitude": (0.0, w + gap),
+            "probe": (0.0, 2 * (w + gap)),
+            "frame": (side + gap, 2 * (w + gap)),
+            "stxm": (h + gap, 0.0),
+            "errors": (h + gap, w + gap),
+        }
+        tall = {  # the probe beside the frame in the third row
+            "phase": (0.0, 0.0),
+            "amplitude": (0.0, w + gap),
+            "stxm": (h + gap, 0.0),
+            "errors": (h + gap, w + gap),
+            "probe": (2 * (h + gap), 0.0),
+            "frame": (2 * (h + gap), w + gap),
+        }
+        wide_size = (2 * h + gap, 2 * (w + gap) + side)
+        tall_size = (2 * (h + gap) + side, 2 * w + gap)
+        zoom_wide = min(canvas[0] / wide_size[0], canvas[1] / wide_size[1])
+        zoom_tall = min(canvas[0] / tall_size[0], canvas[1] / tall_size[1])
+        return wide if zoom_wide >= zoom_tall else tall
+
+    def _canvas_size(self) -> tuple[int, int]:
+        """(height, width) of napari's canvas in screen pixels ((1, 1) when it is not known)."""
+        try:
+            h, w = self.viewer.window._qt_viewer.canvas.size
+            return int(h), int(w)
+        except Exception:  # a viewer without a window (headless model), or napari changed
+            return 1, 1
+
+    def _image(self, name: str, data: np.ndarray, at: tuple, scale: float, **kwargs: Any) -> bool:
+        """Show *data* at *at* (nm) with pixels of *scale* nm; True when the layout changed."""
         if name in self.viewer.layers:
-            self.viewer.layers[name].data = data
-        else:
-            self.viewer.add_image(data, name=name, **kwargs)
-            self.viewer.grid.enabled = True  # side by side, as Nanosurveyor's GUI showed them
+            layer = self.viewer.layers[name]
+            changed = layer.data.shape != data.shape or tuple(layer.translate[-2:]) != tuple(at)
+            layer.data = data
+            layer.scale = (1,) * (data.ndim - 2) + (scale, scale)
+            layer.translate = (0,) * (data.ndim - 2) + tuple(at)
+            return changed
+        self.viewer.add_image(
+            data,
+            name=name,
+            scale=(1,) * (data.ndim - 2) + (scale, scale),
+            translate=(0,) * (data.ndim - 2) + tuple(at),
+            units=("pixel",) * (data.ndim - 2) + ("nm", "nm"),
+            **kwargs,
+        )
+        self.viewer.grid.enabled = False  # the panels are laid out side by side, in nm
+        self.viewer.scale_bar.visible = True
+        self.viewer.text_overlay.visible = True
+        self.viewer.text_overlay.font_size = 8
+        self.viewer.text_overlay.text = (
+            "phase | amplitude | probe, frame | STXM (bad red) | data error per frame"
+        )
+        return True
 
     def _points(self, yx: np.ndarray) -> None:
-        """Bad points over the STXM image (in its pixels)."""
+        """Bad points over the STXM image (nm, in its panel)."""
         if BAD in self.viewer.layers:
             self.viewer.layers[BAD].data = yx
         else:
-            self.viewer.add_points(yx, name=BAD, size=4, face_color="red", opacity=0.7)
+            self.viewer.add_points(yx, name=BAD, size=4 * max(1.0, self._point_size()),
+                                   face_color="red", opacity=0.8, units=("nm", "nm"))  # fmt: skip
+
+    def _point_size(self) -> float:
+        if STXM in self.viewer.layers:
+            return float(self.viewer.layers[STXM].scale[-1])
+        return 1.0
 
     def closeEvent(self, event: Any) -> None:
         self.close_view()

@@ -82,8 +82,10 @@ def _record_refreshes(widget, monkeypatch, during):
 def test_layers_appear_and_update_while_the_scan_runs(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):
-    viewer = make_napari_viewer()
-    RE, fccd, stage, shutter, pipe = _beamline(tmp_path)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 1024)
+    RE, fccd, stage, shutter, pipe = _beamline(tmp_path, reconstruction={
+        "final_iterations": 20, "snapshot_interval": 0.3, "frc_interval": 2.0})  # fmt: skip
     fccd.faults = {10: "corrupt"}
     widget = LiveView(viewer, pipeline=pipe, rate=10)
     viewer.window.add_dock_widget(widget, name="Live ptychography")
@@ -92,7 +94,8 @@ def test_layers_appear_and_update_while_the_scan_runs(
     shots = []
 
     def during(st):
-        if scanning["on"] and st.n_measured >= N // 2 and not shots:
+        if scanning["on"] and st.n_measured >= N // 2 and st.frc is not None and not shots:
+            widget.canvas.draw()  # the curves now, not at the next idle moment
             shot = tmp_path / "live_view.png"
             from imageio.v3 import imwrite
 
@@ -113,7 +116,27 @@ def test_layers_appear_and_update_while_the_scan_runs(
         _widget.PROBE,
         _widget.FRAME,
         _widget.BAD,
+        _widget.FRAME_ERRORS,
     } <= names
+    # every image in nm, side by side without overlapping, a scale bar, the view fitted
+    pixel_nm = pipe.runs[uid]["reconstruction"].result.grid.pixel_size_m * 1e9
+    assert viewer.layers[_widget.OBJECT_PHASE].scale[-1] == pytest.approx(pixel_nm)
+    assert viewer.scale_bar.visible
+    assert all(str(u) == "nanometer" for u in viewer.layers[_widget.OBJECT_PHASE].units)
+    assert viewer.layers[_widget.OBJECT_PHASE].colormap.name == "twilight"  # cyclic
+    panels = [_widget.OBJECT_PHASE, _widget.OBJECT_AMPLITUDE, _widget.PROBE, _widget.FRAME,
+              _widget.STXM, _widget.FRAME_ERRORS]  # fmt: skip
+    boxes = [np.asarray(viewer.layers[n].extent.world)[:, -2:] for n in panels]
+    for i, a in enumerate(boxes):  # no two panels overlap
+        for b in boxes[i + 1 :]:
+            assert (a[1] <= b[0]).any() or (b[1] <= a[0]).any(), (a, b)
+    canvas = viewer.window._qt_viewer.canvas.size
+    zoom = viewer.camera.zoom  # screen px per nm: the whole layout fits, and fills the canvas
+    extent = np.ptp(np.asarray(viewer.layers.extent.world)[:, -2:], axis=0)
+    assert max(extent[0] * zoom / canvas[0], extent[1] * zoom / canvas[1]) > 0.6
+    # the FRC of the halves, beside the error curve, and in the result
+    assert len(widget.frc_curve.get_xdata()) > 5 and "nm" in widget.frc_axes.get_title()
+    assert np.isfinite(pipe.runs[uid]["reconstruction"].result.frc_resolution_m)
     # the object was redrawn several times while frames were still coming in
     live = sorted({st.n_measured for st in seen if st.object is not None and not st.final})
     assert len(live) >= 2 and live[0] < N, live

@@ -15,6 +15,7 @@ from bluesky_ptycho.core.ptycho import (
     shift_ramps,
     split_positions,
 )
+from bluesky_ptycho.core.solvers.convergence import Convergence
 from bluesky_ptycho.core.solvers.options import SolverOptions
 
 
@@ -138,6 +139,19 @@ class Solver:
         )
         self.iteration = 0
         self.errors: list[float] = []
+        #: relative object change of each iteration over the lit pixels (see .convergence)
+        self.changes: list[float] = []
+        #: relative probe change of each iteration
+        self.probe_changes: list[float] = []
+        #: multiplies the object and probe steps; lowered when the changes stop shrinking
+        self.step_scale = 1.0
+        #: the iteration from which positions are refined (None: not yet)
+        self.positions_from: int | None = None
+        self._lit: Array | None = None
+        self._adapted_at = 0
+        self._annealing = False
+        self._measured_n, self._measured_at = 0, 0
+        self._lit_at = (-1, -1)
         self._rng = np.random.default_rng(self.options.seed)
 
     # -- data in ------------------------------------------------------------
@@ -262,13 +276,90 @@ class Solver:
             measured = self.measured
             if len(measured) == 0:
                 break
+            if len(measured) != self._measured_n:  # new frames: new ground, full steps
+                self._measured_n, self._measured_at = len(measured), self.iteration
+                self.step_scale = 1.0
+                self._annealing = False
+            self._gate_positions()
+            before, probe_before = self.object.copy(), self.probe.copy()
             err = self._iteration(measured)
             if self.probe.shape[0] > 1 and self._update_probe:
                 self.probe = orthogonalize_modes(self.probe)
             self.iteration += 1
             self.errors.append(err)
+            self._track(before, probe_before)
             out.append(err)
         return out
+
+    def anneal(self, start: float = 0.25) -> None:
+        """No more frames will come: lower the step to *start* now and halve it every
+        iteration down to ``min_step_scale`` (the image is near its solution; smaller
+        steps average the noise instead of waiting for the data error to stall).
+        Frames added later restore the full step."""
+        self._annealing = True
+        self.step_scale = min(self.step_scale, start)
+
+    def convergence(self, tolerance: float | None = None, max_iterations: int = 0) -> Convergence:
+        """A stopping rule for this solver (:class:`~.convergence.Convergence`)."""
+        tol = self.options.stop_tolerance if tolerance is None else tolerance
+        return Convergence(tolerance=tol, max_iterations=max_iterations)
+
+    def _lit_pixels(self) -> Array:
+        """Pixels lit above 10 % of the brightest (recomputed as frames come, every 20 iterations)."""
+        key = (self.n_measured, self.iteration // 20)
+        if self._lit is None or key != self._lit_at or self._lit.shape != self.object.shape:
+            ill = self.illumination()
+            self._lit = ill > 0.1 * self.xp.max(ill)
+            self._lit_at = key
+        return self._lit
+
+    def _track(self, before: Array, probe_before: Array) -> None:
+        """Record the object's and the probe's change; adapt the step; gate position refinement."""
+        xp = self.xp
+        opt = self.options
+        if before.shape == self.object.shape:
+            lit = self._lit_pixels()
+            diff = xp.where(lit, self.object - before, 0)
+            norm = float(xp.linalg.norm(xp.where(lit, self.object, 0)))
+            self.changes.append(float(xp.linalg.norm(diff)) / max(norm, 1e-30))
+        else:  # the object grew (points added): no comparison this time
+            self.changes.append(float("nan"))
+        dp = float(xp.linalg.norm(self.probe - probe_before))
+        self.probe_changes.append(dp / max(float(xp.linalg.norm(self.probe)), 1e-30))
+        # the data error has stopped falling while the object still moves (the noise floor
+        # of a stochastic solver): a smaller step averages over more frames, as a
+        # decreasing step does in stochastic approximation
+        e = self.errors
+        if self._annealing and self.step_scale > opt.min_step_scale:
+            self.step_scale = max(self.step_scale * 0.5, opt.min_step_scale)
+            self.changes.append(float("nan"))  # a new regime: ratios start afresh
+            return
+        if (
+            opt.step_adapt
+            and self.iteration >= opt.step_adapt_start
+            and len(e) >= 4
+            and e[-1] > opt.step_adapt_ratio * e[-4]
+            and self.step_scale > opt.min_step_scale
+            and self.iteration - max(self._adapted_at, self._measured_at) >= 3
+        ):
+            self.step_scale = max(self.step_scale * 0.5, opt.min_step_scale)
+            self._adapted_at = self.iteration
+            self.changes.append(float("nan"))  # a new regime: ratios start afresh
+
+    def _gate_positions(self) -> None:
+        s = self.options.position_refinement_start
+        if self.positions_from is not None or s < 0 or self.iteration < s:
+            return
+        gate = self.options.probe_settled
+        never = self.options.probe_update_start < 0
+        started = self._update_probe and self.iteration >= self.options.probe_update_start + 2
+        settled = (
+            gate == 0
+            or never
+            or (started and len(self.probe_changes) >= 2 and max(self.probe_changes[-2:]) < gate)
+        )
+        if settled:
+            self.positions_from = self.iteration
 
     @property
     def _update_probe(self) -> bool:
@@ -277,8 +368,7 @@ class Solver:
 
     @property
     def _refine_positions(self) -> bool:
-        s = self.options.position_refinement_start
-        return s >= 0 and self.iteration >= s
+        return self.positions_from is not None and self.iteration >= self.positions_from
 
     def _iteration(self, measured: np.ndarray) -> float:
         raise NotImplementedError

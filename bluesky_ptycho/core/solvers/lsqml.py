@@ -24,6 +24,7 @@ class LSQML(Solver):
         opt: LsqmlOptions = self.options  # type: ignore[assignment]
         update_probe = self._update_probe
         refine = self._refine_positions
+        gamma = np.float32(self.step_scale)
         err = xp.zeros(2, dtype=xp.float64)
         illum = xp.zeros(self.object.shape, dtype=xp.float32)
         num = xp.zeros(self.object.shape, dtype=xp.complex64)
@@ -59,13 +60,13 @@ class LSQML(Solver):
                 )
                 b = shifted * patches[:, None]
                 alpha_o, alpha_p = _two_steps(a, b, chi, opt.max_step)
-                self.probe += (alpha_p * d_probe).astype(xp.complex64)
+                self.probe += (gamma * alpha_p * d_probe).astype(xp.complex64)
             else:
                 alpha_o = _one_step(a, chi, opt.max_step)
             if refine:
                 self._position_step(idx, probes, patches, chi)
             # each view adds its share of D (the shares sum to D where views overlap)
-            scatter_add(self.object, corners, alpha_o[:, None, None] * (grad / local))
+            scatter_add(self.object, corners, (gamma * alpha_o)[:, None, None] * (grad / local))
         return float(err[0]) / max(float(err[1]), 1e-30)
 
     def _poisson_factor(self, far: Array, meas: Array) -> Array:

@@ -29,8 +29,41 @@ class SolverOptions(Declared):
         min=-1, max=MAX_ITERATION,
     )  # fmt: skip
     position_refinement_start: int = setting(
-        default=-1, doc="First iteration in which positions are refined; negative: never (RPIE and "
-        "LSQML; DM and RAAR keep positions fixed).", min=-1, max=MAX_ITERATION,
+        default=0, doc="First iteration in which positions may be refined; negative: never (RPIE and "
+        "LSQML; DM and RAAR keep positions fixed). Refinement begins there or later, once "
+        "the probe has settled (probe_settled).", min=-1, max=MAX_ITERATION,
+    )  # fmt: skip
+    probe_settled: float = setting(
+        default=0.02, doc="Positions are refined from the first iteration after two in a row in which the "
+        "probe changed by less than this fraction of its norm (a probe still far off would "
+        "pull the positions with it). 0: from position_refinement_start regardless.",
+        min=0, max=1,
+    )  # fmt: skip
+    step_adapt: bool = setting(
+        default=True, doc="Halve the object and probe steps when the data error has stopped falling "
+        "(over three iterations, by less than 1 − step_adapt_ratio): at the noise floor of a "
+        "stochastic solver the image then averages over more frames, its error drops and its "
+        "changes shrink, so the convergence stop can tell it is done."
+    )  # fmt: skip
+    step_adapt_start: int = setting(
+        default=10,
+        doc="First iteration at which the step may be lowered.",
+        min=0,
+        max=MAX_ITERATION,
+    )
+    step_adapt_ratio: float = setting(
+        default=0.995, doc="The data error has stopped falling when it is above this fraction of its value "
+        "three iterations before.", min=0, max=1, exclusive=True,
+    )  # fmt: skip
+    min_step_scale: float = setting(
+        default=0.125, doc="The step is never lowered below this fraction of its start.", min=0, max=1,
+        exclusive="min",
+    )  # fmt: skip
+    stop_tolerance: float = setting(
+        default=4e-3, doc="The convergence stop: iterating ends when the object's remaining change, "
+        "estimated from its recent changes as a geometric series, is below this fraction of "
+        "its norm (the unit of the object error). 0: never stop early (run the iterations "
+        "asked for).", min=0, max=1,
     )  # fmt: skip
     max_position_step_px: float = setting(
         default=0.5, doc="Largest position change of a view in one iteration.", unit="px", min=0, max=100,

@@ -23,6 +23,7 @@ class RPIE(Solver):
         opt: RpieOptions = self.options  # type: ignore[assignment]
         update_probe = self._update_probe
         refine = self._refine_positions
+        gamma = np.float32(self.step_scale)
         den = xp.zeros(self.object.shape, dtype=xp.float32)
         err = xp.zeros(2, dtype=xp.float64)
         for idx in _blocks(self._rng.permutation(measured), opt.batch_size):
@@ -37,14 +38,13 @@ class RPIE(Solver):
             # illumination, gathered back at each view so overlaps add up right.
             local = self._illumination_at_views(den, corners, probes)
             denom = (1 - opt.alpha) * local + opt.alpha * xp.max(local)
-            obj_step = xp.sum(xp.conj(probes) * chi, axis=1) / denom
+            obj_step = xp.sum(xp.conj(probes) * chi, axis=1) * (gamma / denom)
 
             if update_probe:
                 dprobe = self._probe_direction(patches, chi, ramps)
                 pden = xp.sum(patches.real**2 + patches.imag**2, axis=0)
-                self.probe += (dprobe / ((1 - opt.beta) * pden + opt.beta * xp.max(pden))).astype(
-                    xp.complex64
-                )
+                pstep = gamma / ((1 - opt.beta) * pden + opt.beta * xp.max(pden))
+                self.probe += (dprobe * pstep).astype(xp.complex64)
             if refine:
                 self._position_step(idx, probes, patches, chi)
             scatter_add(self.object, corners, obj_step)
