@@ -40,6 +40,7 @@ def confine_reads(roots: list[str | os.PathLike] | None) -> None:
     (:func:`refused_reads`) and logged; the file is never opened."""
     global _ROOTS
     _ROOTS = None if roots is None else tuple(Path(r).resolve() for r in roots)
+    _CHECKED.clear()
 
 
 def refused_reads() -> int:
@@ -47,11 +48,21 @@ def refused_reads() -> int:
     return _REFUSED
 
 
+# Files already checked against the data roots (name as given → resolved path): a file's
+# check is made once, not at every frame; confine_reads clears it. Bounded: a peer naming
+# many files only makes it start over.
+_CHECKED: dict[str, Path] = {}
+_MAX_CHECKED = 1024
+
+
 def checked_path(uri_or_path: str) -> Path:
     """The file a frame reference names, resolved, if frames may be read from it."""
     global _REFUSED
     if not isinstance(uri_or_path, str) or not uri_or_path:
         raise FrameAccessError(f"frame file {uri_or_path!r:.80} is not a path or file:// URI")
+    known = _CHECKED.get(uri_or_path)
+    if known is not None:
+        return known
     path = _path_from_uri(uri_or_path)
     resolved = Path(os.path.realpath(path))
     if _ROOTS is not None and not any(resolved.is_relative_to(r) for r in _ROOTS):
@@ -64,6 +75,9 @@ def checked_path(uri_or_path: str) -> Path:
         raise FrameAccessError(
             f"frame file {resolved} lies outside the data roots {[str(r) for r in _ROOTS]}"
         )
+    if len(_CHECKED) >= _MAX_CHECKED:
+        _CHECKED.clear()
+    _CHECKED[uri_or_path] = resolved
     return resolved
 
 
@@ -75,6 +89,8 @@ _OPEN_WRITERS: dict[str, FrameFileWriter] = {}
 # Files this process reads (SWMR, most recently used last), at most _MAX_READERS open.
 _READERS: dict[str, h5py.File] = {}
 _MAX_READERS = 8
+# Datasets of the open files, checked once (file, dataset path) → dataset.
+_DATASETS: dict[tuple[str, str], h5py.Dataset] = {}
 
 
 class FrameFileWriter:
@@ -169,36 +185,55 @@ def read_frames(
                 return frames
             out[...] = frames
             return out
-        f = _READERS.pop(path, None)  # kept open: opening costs more than reading a frame
-        if f is None or not f.id.valid:
-            f = h5py.File(path, "r", swmr=True)
-        _READERS[path] = f
-        while len(_READERS) > _MAX_READERS:
-            _READERS.pop(next(iter(_READERS))).close()
-        ds = f.get(dataset)
-        if not isinstance(ds, h5py.Dataset):
-            raise KeyError(f"{path} has no dataset {dataset}")
-        if ds.is_virtual or ds.external or os.path.realpath(ds.file.filename) != path:
-            raise FrameAccessError(
-                f"{path}:{dataset} keeps its data in other files (virtual, external or linked): "
-                "refused"
-            )
-        nbytes = (stop - start) * ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.float64))
-        if ds.ndim < 1 or nbytes > MAX_READ_BYTES:
-            raise ValueError(
-                f"{path}:{dataset}: frames {start}:{stop} ({nbytes / 2**20:.0f} MiB) are more "
-                f"than one read may take ({MAX_READ_BYTES / 2**20:.0f} MiB)"
-            )
+        ds = _dataset(path, dataset)
         if stop > ds.shape[0]:
             ds.refresh()
         if stop > ds.shape[0]:
             raise IndexError(
                 f"{path}:{dataset} holds {ds.shape[0]} frames; frames {start}:{stop} asked for"
             )
+        frame_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.float64))
+        if (stop - start) * frame_bytes > MAX_READ_BYTES:
+            raise ValueError(
+                f"{path}:{dataset}: frames {start}:{stop} "
+                f"({(stop - start) * frame_bytes / 2**20:.0f} MiB) are more than one read may "
+                f"take ({MAX_READ_BYTES / 2**20:.0f} MiB)"
+            )
         if out is None:
             return ds[start:stop]
         ds.read_direct(out, np.s_[start:stop])
         return out
+
+
+def _dataset(path: str, dataset: str) -> h5py.Dataset:
+    """The dataset *dataset* of the file at *path* (resolved and checked), opened and judged
+    once while its file stays open: one that keeps its data in other files is refused.
+    Call with ``_H5_LOCK`` held."""
+    f = _READERS.pop(path, None)  # kept open: opening costs more than reading a frame
+    if f is None or not f.id.valid:
+        for key in [k for k in _DATASETS if k[0] == path]:
+            del _DATASETS[key]
+        f = h5py.File(path, "r", swmr=True)
+    _READERS[path] = f
+    while len(_READERS) > _MAX_READERS:
+        old_path = next(iter(_READERS))
+        for key in [k for k in _DATASETS if k[0] == old_path]:
+            del _DATASETS[key]
+        _READERS.pop(old_path).close()
+    ds = _DATASETS.get((path, dataset))
+    if ds is not None:
+        return ds
+    ds = f.get(dataset)
+    if not isinstance(ds, h5py.Dataset):
+        raise KeyError(f"{path} has no dataset {dataset}")
+    if ds.is_virtual or ds.external or os.path.realpath(ds.file.filename) != path:
+        raise FrameAccessError(
+            f"{path}:{dataset} keeps its data in other files (virtual, external or linked): refused"
+        )
+    if ds.ndim < 1:
+        raise ValueError(f"{path}:{dataset} is a scalar, not frames")
+    _DATASETS[(path, dataset)] = ds
+    return ds
 
 
 def _path_from_uri(uri: str) -> Path:
