@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -35,6 +36,14 @@ class _Batch:
     sent: int = 0  # times sent again after a failure on the workers
 
 
+def _faults() -> int:
+    """Page faults of the calling thread so far (0 where the system does not count them)."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 class CleaningActor:
     """The cleaning of one run on one Dask worker: a Dask actor, made once per worker and run.
 
@@ -62,19 +71,28 @@ class CleaningActor:
         cleaning failed), and what the call cost on the worker: ``read_s`` and ``clean_s``
         (CPU seconds of the actor's thread), ``wall_s``.
         """
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, f0 = time.perf_counter(), time.thread_time(), _faults()
         if isinstance(frames, np.ndarray):
             problems, raw = [""] * len(frames), frames
         else:
             raw = self._buffer(len(frames))
+            region = self.preprocessor.region
+            # the rows the cleaning reads (the crop's channels and their overscan), not the
+            # whole frame: the rest of the buffer is never looked at
+            lo, hi = region.raw_rows if region is not None else (0, fccd.RAW_SHAPE[0])
             problems, k = [], 0
             for ref in frames:
                 try:
-                    ref.read_into(raw[k])
+                    ref.read_into(raw[k], (lo, hi))
                 except (OSError, KeyError, IndexError, TypeError, ValueError) as err:
                     problems.append(f"could not read the frame: {err}")
                     continue
-                problems.append(frame_problem(raw[k], fccd.RAW_SHAPE))
+                part = raw[k, lo:hi]
+                problems.append(
+                    ""
+                    if part.reshape(-1)[::1009].any() or part.any()
+                    else "all zeros (the frame was lost on its way)"
+                )
                 if not problems[-1]:
                     k += 1  # a bad frame's slot is read over by the next one
             raw = raw[:k]
@@ -87,7 +105,8 @@ class CleaningActor:
                 out = f"cleaning failed: {err}"
         c2 = time.thread_time()
         return problems, out, {"read_s": c1 - c0, "clean_s": c2 - c1,
-                               "wall_s": time.perf_counter() - t0}  # fmt: skip
+                               "wall_s": time.perf_counter() - t0,
+                               "faults": _faults() - f0}  # fmt: skip
 
     def _buffer(self, n: int) -> np.ndarray:
         if len(self._raw) < n:
@@ -185,7 +204,8 @@ class FrameCleaner(Stage):
         self._actors_checked = 0.0
         #: what the workers reported spending on this run's batches (CPU s of reading and of
         #: cleaning, wall s of the calls) and how many frames they cleaned
-        self.worker_time = {"read_s": 0.0, "clean_s": 0.0, "wall_s": 0.0, "frames": 0, "calls": 0}
+        self.worker_time = {"read_s": 0.0, "clean_s": 0.0, "wall_s": 0.0, "faults": 0,
+                            "frames": 0, "calls": 0}  # fmt: skip
         super().__init__()
 
     def distribute(self, client: Any, max_in_flight: int = 64) -> None:
@@ -451,7 +471,7 @@ class FrameCleaner(Stage):
                 else:
                     found = iter(remote)  # the worker's verdict on the frames sent
                     problems = [p or next(found) for p in head.problems]
-                    for k in ("read_s", "clean_s", "wall_s"):
+                    for k in ("read_s", "clean_s", "wall_s", "faults"):
                         self.worker_time[k] += spent[k]
                     self.worker_time["frames"] += len(head.items)
                     self.worker_time["calls"] += 1
@@ -460,6 +480,7 @@ class FrameCleaner(Stage):
 
     def status(self) -> dict[str, Any]:
         st = super().status()
+        st["cleaned"], st["flagged"] = self.n_cleaned, self.n_flagged
         if self.client is not None:
             st["workers"] = {"actors": len(self._actors), "redone": self.redone, **self.worker_time}
         return st
