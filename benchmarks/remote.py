@@ -125,7 +125,8 @@ def _file_of(docs: list, stream: str) -> Path:
 
 
 def record_scan(folder: Path, n: int) -> list:
-    """A real *n*-point Fermat scan (50 nm steps) with 25 darks: its documents (frames in HDF5 in *folder*)."""
+    """A real *n*-point Fermat scan (50 nm steps) with 25 darks: its documents (frames in
+    HDF5 in *folder*)."""
     from bluesky import RunEngine
 
     from bluesky_ptycho.acquisition.plans import ptycho_scan

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 _STOP = object()
@@ -166,7 +167,7 @@ class Worker:
                     if isinstance(item, tuple) and item and item[0] is _CALL:
                         self._guarded(item[1])
                     else:
-                        self._guarded(lambda it=item: self.handle(it))
+                        self._guarded(partial(self.handle, item))
                 finally:
                     with self._cond:
                         self._unfinished -= 1

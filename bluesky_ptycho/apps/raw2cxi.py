@@ -54,7 +54,7 @@ def load_metadata(path: str | Path) -> dict:
         for k in ("energy_ev", "distance_m", "pixel_size_m", "positions_m")
         if not isinstance(md, dict) or k not in md
     ]
-    if missing:
+    if missing or not isinstance(md, dict):
         raise ValueError(
             f"{path} lacks {missing}: give a start document written by ptycho_scan "
             "(its 'ptycho' block), or a JSON object with those keys (SI units)"
@@ -79,7 +79,7 @@ def scan_files(path: str | Path) -> tuple[Path, Path | None]:
             "(a scan_<id>.json written by the demo), got "
             + ("no 'files'" if isinstance(scan, dict) else f"a JSON {type(scan).__name__}")
         )
-    out = []
+    out: list[Path | None] = []
     for key, required in (("primary", True), ("dark", False)):
         value = files.get(key)
         if value is None and not required:
@@ -91,6 +91,7 @@ def scan_files(path: str | Path) -> tuple[Path, Path | None]:
                 "HDF5 file (a string)"
             )
         out.append(Path(value))
+    assert out[0] is not None  # (required above)
     return out[0], out[1]
 
 
@@ -191,9 +192,9 @@ def raw_to_cxi(
             f"no frame of {frames_path} could be cleaned: "
             f"{sorted(set(flags.values())) or run.errors}"
         )
-    cleaner = run.by_stage("frame_cleaning")
+    center = getattr(run.by_stage("frame_cleaning"), "center", None)
     flags = dict(sorted(export.flags.items()))
-    return Raw2CxiResult(export.path, n, n - len(flags), n_darks, flags, cleaner.center,
+    return Raw2CxiResult(export.path, n, n - len(flags), n_darks, flags, center,
                          time.perf_counter() - t0)  # fmt: skip
 
 

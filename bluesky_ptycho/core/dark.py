@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bluesky_ptycho.core import fccd
 from bluesky_ptycho.core.arrays import Array, get_xp
@@ -24,13 +25,13 @@ class RunningDarkStats:
         ``numpy`` or ``cupy``.
     """
 
-    def __init__(self, shape: tuple[int, ...], xp: object) -> None:
+    def __init__(self, shape: tuple[int, ...], xp: Any) -> None:
         x = get_xp(xp) if isinstance(xp, str) else xp
         self.xp = x
         self.shape = tuple(shape)
-        self.count = x.zeros(shape, dtype=x.float64)  # type: ignore[attr-defined]
-        self.mean = x.zeros(shape, dtype=x.float64)  # type: ignore[attr-defined]
-        self.m2 = x.zeros(shape, dtype=x.float64)  # type: ignore[attr-defined]
+        self.count = x.zeros(shape, dtype=x.float64)
+        self.mean = x.zeros(shape, dtype=x.float64)
+        self.m2 = x.zeros(shape, dtype=x.float64)
         self.n_frames = 0
 
     def update(self, frames: Array) -> None:
@@ -110,12 +111,12 @@ class DarkSettings(Declared):
     """Bad-pixel and bad-channel criteria."""
 
     max_std_adu: float = setting(
-        30.0, "A pixel whose dark standard deviation exceeds this is bad (noisy); a standard "
+        default=30.0, doc="A pixel whose dark standard deviation exceeds this is bad (noisy); a standard "
         "deviation of exactly 0 (stuck, or never valid) is bad too.", unit="ADU", min=0,
         max=65535, exclusive="min",
     )  # fmt: skip
     channel_excess_adu: float = setting(
-        15.0, "An ADC channel whose typical dark noise exceeds the median channel's by more "
+        default=15.0, doc="An ADC channel whose typical dark noise exceeds the median channel's by more "
         "than this is bad. COSMIC uses 50 ADU; with the FCCD's ~5 ADU read noise, 15 ADU "
         "already marks a channel three times as noisy as the rest, which the photon threshold "
         "(~15 ADU) cannot tell from light.", unit="ADU", min=0, max=65535, exclusive="min",

@@ -142,12 +142,14 @@ class Beamstop(Declared):
     """A semi-transparent beamstop in front of the detector."""
 
     center_px: tuple[float, float] = setting(
-        (960.0, 480.0), "Its centre on the assembled detector image, (row, col) (measured "
+        default=(960.0, 480.0), doc="Its centre on the assembled detector image, (row, col) (measured "
         "once; it does not move with the sample).", unit="px", length=2, min=-1e4, max=1e4,
     )  # fmt: skip
-    radius_px: float = setting(0.0, "Radius (0: no beamstop).", unit="px", min=0, max=1e4)
+    radius_px: float = setting(
+        default=0.0, doc="Radius (0: no beamstop).", unit="px", min=0, max=1e4
+    )
     transmission: float = setting(
-        1.0, "Intensity fraction that passes inside the radius, e.g. 0.05.", min=0, max=1,
+        default=1.0, doc="Intensity fraction that passes inside the radius, e.g. 0.05.", min=0, max=1,
         exclusive="min",
     )  # fmt: skip
 

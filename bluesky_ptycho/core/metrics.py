@@ -103,8 +103,7 @@ def align_object(estimate: Array, reference: Array, region: Array | None = None)
         gy = float(xp.angle(xp.sum(wy * prod[1:, :] * xp.conj(prod[:-1, :]))))
         gx = float(xp.angle(xp.sum(wx * prod[:, 1:] * xp.conj(prod[:, :-1]))))
     aligned = shifted * xp.exp(1j * (gy * yy + gx * xx)).astype(xp.complex64)
-    shift = (float(shift[0]), float(shift[1]))
-    return Alignment(aligned, shift, (gy, gx))
+    return Alignment(aligned, (float(shift[0]), float(shift[1])), (gy, gx))
 
 
 def _centred(a: Array, w: Array) -> Array:

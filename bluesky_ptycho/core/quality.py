@@ -137,7 +137,7 @@ def drift_estimate(transmission: Array, corners_px: Array, predicted: Array) -> 
     if len(t) < 4:
         return 0.0, 0.0
     gy, gx = np.gradient(tmap)
-    tv, gyv, gxv = (_bilinear(m, pos) for m in (tmap, gy, gx))
+    tv, gyv, gxv = (_bilinear(np.asarray(m), pos) for m in (tmap, gy, gx))
     ok = np.isfinite(tv) & np.isfinite(t)
     if ok.sum() < 4:
         return 0.0, 0.0

@@ -38,11 +38,15 @@ class ProbeSettings(Declared):
     """How the probe is estimated from the mean pattern."""
 
     level: float = setting(
-        0.1, "Mean-pattern cut (fraction of its maximum) of the bright field.", min=0, max=1,
+        default=0.1, doc="Mean-pattern cut (fraction of its maximum) of the bright field.", min=0, max=1,
         exclusive=True,
     )  # fmt: skip
     support: float = setting(
-        0.25, "Probe support radius, as a fraction of the frame.", min=0, max=0.5, exclusive="min"
+        default=0.25,
+        doc="Probe support radius, as a fraction of the frame.",
+        min=0,
+        max=0.5,
+        exclusive="min",
     )
 
 
@@ -87,6 +91,8 @@ def probe_estimate(
     pupil = ifftshift2(xp.where(m >= level * float(m.max()), amp, 0).astype(xp.complex64))
     n_y, n_x = m.shape
     if defocus_m:
+        if wavelength_m is None or pixel_size_m is None:
+            raise ValueError("probe_estimate: a defocus needs wavelength_m and pixel_size_m")
         qy = np.fft.fftfreq(n_y, d=pixel_size_m)[:, None]
         qx = np.fft.fftfreq(n_x, d=pixel_size_m)[None, :]
         phase = np.exp(-1j * np.pi * wavelength_m * defocus_m * (qx**2 + qy**2))

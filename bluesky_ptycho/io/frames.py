@@ -347,7 +347,7 @@ class FrameRef(NamedTuple):
 
     uri: str
     dataset: str
-    index: int
+    index: int  # type: ignore[assignment]  # (a field, not tuple.index)
 
     def read(self) -> np.ndarray:
         return read_frames(self.uri, self.dataset, self.index, self.index + 1)[0]
@@ -378,7 +378,7 @@ class StreamFrameReader:
         params = doc.get("parameters")
         if not isinstance(params, dict) or not isinstance(params.get("dataset"), str):
             raise ValueError(f"stream_resource {doc.get('uid')} names no dataset in its parameters")
-        checked_path(doc.get("uri"))  # refused here, before any frame is asked for
+        checked_path(str(doc.get("uri", "")))  # refused here, before any frame is asked for
         self._resources[doc["uid"]] = doc
 
     def data_key(self, datum: dict) -> str:

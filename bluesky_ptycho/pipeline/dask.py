@@ -74,10 +74,10 @@ def connect(
             **slurm,
             "job_script_prologue": [*exports, *slurm.get("job_script_prologue", [])],
         }
-        cluster = SLURMCluster(**settings)
-        cluster.scale(jobs=n)
-        log.info("asked SLURM for %d worker job(s):\n%s", n, cluster.job_script())
-        return Client(cluster, direct_to_workers=True)
+        slurm_cluster = SLURMCluster(**settings)
+        slurm_cluster.scale(jobs=n)
+        log.info("asked SLURM for %d worker job(s):\n%s", n, slurm_cluster.job_script())
+        return Client(slurm_cluster, direct_to_workers=True)
     import dask
 
     # the nanny (here, in this process) sets these before it starts each worker, and again

@@ -181,7 +181,7 @@ class Pipeline:
         for key, s in self.spec.stages.items():  # inputs come first
             stage = s.cls(device=self.spec.device, **s.params)
             if s.where == "dask":
-                stage.distribute(self.client, self.max_in_flight)  # type: ignore[attr-defined]
+                stage.distribute(self.client, self.max_in_flight)
             for source in s.inputs:
                 if source == RAW:
                     raw.append(stage)

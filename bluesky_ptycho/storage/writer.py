@@ -281,7 +281,7 @@ class CatalogWriter:
             log.error("a %s document of run %s cannot be stored and is left out: %s", name, uid,
                       err)  # fmt: skip
             return None
-        run = self._open(uid) if name == "start" else self._runs[uid]
+        run = self._open(str(uid)) if name == "start" else self._runs[str(uid)]
         if name in ("descriptor", "stream_resource", "resource"):
             self._run_of[doc["uid"]] = run.uid
             run.members.add(doc["uid"])
@@ -568,7 +568,7 @@ class CatalogWriter:
             if docs[-1][0] != "stop":
                 docs.append(("stop", dead_run_stop(docs)))
             self._write_all(uid, docs)
-            events = Counter()
+            events: Counter = Counter()
             streams = {d["uid"]: d.get("name", "primary") for n, d in docs if n == "descriptor"}
             for n, d in docs:
                 if n == "event":

@@ -33,7 +33,7 @@ def request(
     **fields: Any,
 ) -> dict:
     """Send one command to the back-end at *control*; its reply (``ok`` true) or ControlError."""
-    context = zmq.Context.instance()
+    context: zmq.Context = zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.linger = 0
     sock.rcvtimeo = int(timeout * 1000)

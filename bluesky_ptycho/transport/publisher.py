@@ -69,7 +69,7 @@ class Publisher:
             raise ValueError(f"Publisher(address={address!r}): give tcp://HOST:PORT")
         self.address = address
         self.frames = frames
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context = zmq.Context.instance()
         self._sock = self._context.socket(zmq.PUSH)
         self._sock.sndhwm = hwm
         apply(self._sock, client_keys(keys))

@@ -9,10 +9,10 @@ import json
 import h5py
 import numpy as np
 import pytest
+from scans import write_scan_cxi
 
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.core import sim
-from bluesky_ptycho.io.cxi import CxiData, write_cxi
 
 SRC = "entry_1/instrument_1/source_1"
 DET = "entry_1/instrument_1/detector_1"
@@ -21,19 +21,7 @@ DET = "entry_1/instrument_1/detector_1"
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     scan = sim.simulate_scan(n_side=4, frame_px=32, photons=1e5, seed=1)
-    g = scan.geometry
-    ps = g.frame_pixel_size_m
-    path = tmp_path_factory.mktemp("cxi") / "good.cxi"
-    write_cxi(
-        path,
-        CxiData(
-            frames=scan.intensities,
-            translations_m=np.c_[scan.positions_m, np.zeros(len(scan.positions_m))],
-            energy_ev=g.energy_ev,
-            distance_m=g.distance_m,
-            pixel_size_m=(ps, ps),
-        ),
-    )
+    path = write_scan_cxi(tmp_path_factory.mktemp("cxi") / "good.cxi", scan)
     return path
 
 

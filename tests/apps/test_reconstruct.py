@@ -3,28 +3,17 @@
 import h5py
 import numpy as np
 import pytest
+from scans import write_scan_cxi
 
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.core import metrics, sim
-from bluesky_ptycho.io.cxi import CxiData, read_cxi, write_cxi
+from bluesky_ptycho.io.cxi import read_cxi
 
 
 @pytest.fixture(scope="module")
 def cxi(tmp_path_factory):
     scan = sim.simulate_scan(n_side=10, frame_px=64, photons=1e6, seed=3)
-    g = scan.geometry
-    ps = g.frame_pixel_size_m
-    path = tmp_path_factory.mktemp("cxi") / "scan.cxi"
-    write_cxi(
-        path,
-        CxiData(
-            frames=scan.intensities,
-            translations_m=np.c_[scan.positions_m, np.zeros(len(scan.positions_m))],
-            energy_ev=g.energy_ev,
-            distance_m=g.distance_m,
-            pixel_size_m=(ps, ps),
-        ),
-    )
+    path = write_scan_cxi(tmp_path_factory.mktemp("cxi") / "scan.cxi", scan)
     return path, scan
 
 

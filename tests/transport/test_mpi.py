@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scans import write_scan_cxi
 
 from bluesky_ptycho.core import metrics, sim
 from bluesky_ptycho.core.regions import kmeans, split_regions
-from bluesky_ptycho.io.cxi import CxiData, read_cxi, write_cxi
+from bluesky_ptycho.io.cxi import read_cxi
 
 BIN = Path(sys.executable).parent
 MPIRUN = shutil.which("mpirun", path=str(BIN)) or shutil.which("mpirun")
@@ -37,19 +38,7 @@ def test_regions_cover_the_scan_and_overlap():
 @pytest.mark.skipif(MPIRUN is None, reason="no mpirun (pip install '.[mpi]')")
 def test_mpirun_two_ranks_gives_the_single_process_result(tmp_path):
     scan = sim.simulate_scan(n_side=10, frame_px=64, photons=1e6, seed=3)
-    g = scan.geometry
-    ps = g.frame_pixel_size_m
-    path = tmp_path / "scan.cxi"
-    write_cxi(
-        path,
-        CxiData(
-            frames=scan.intensities,
-            translations_m=np.c_[scan.positions_m, np.zeros(len(scan.positions_m))],
-            energy_ev=g.energy_ev,
-            distance_m=g.distance_m,
-            pixel_size_m=(ps, ps),
-        ),
-    )
+    path = write_scan_cxi(tmp_path / "scan.cxi", scan)
     cli = str(BIN / "bluesky-ptycho")
     args = [
         "reconstruct",

@@ -14,72 +14,79 @@ class CleanSettings(Declared):
     """Parameters of the cleaning steps (all in one place)."""
 
     adu_per_photon: float = setting(
-        36.5, "Detector gain: ADU per photon at the working energy.", unit="ADU/photon",
+        default=36.5, doc="Detector gain: ADU per photon at the working energy.", unit="ADU/photon",
         min=0, max=1e4, exclusive="min",
     )  # fmt: skip
     threshold_adu: float = setting(
-        15.0, '"hnu": samples below this (after offsets are removed) are background, pixels '
+        default=15.0, doc='"hnu": samples below this (after offsets are removed) are background, pixels '
         "above it hold photons. About 15 ADU at 800 eV: under half a photon, three times the "
         "read noise.", unit="ADU", min=0, max=65535, exclusive="min",
     )  # fmt: skip
     overscan_order: int = setting(
-        2, "Order of the polynomial in readout time fitted to each channel's overscan.",
+        default=2, doc="Order of the polynomial in readout time fitted to each channel's overscan.",
         min=0, max=2,
     )  # fmt: skip
     overscan_skip_rows: tuple[int, int] = setting(
-        (100, 80), "Readout rows left out of the overscan fit at the start and the end.",
+        default=(100, 80), doc="Readout rows left out of the overscan fit at the start and the end.",
         unit="rows", length=2, min=0, max=fccd.CLOCKED_ROWS,
     )  # fmt: skip
     background: bool = setting(
-        True, "Subtract the mean of each column's background pixels (step 4)."
+        default=True, doc="Subtract the mean of each column's background pixels (step 4)."
     )
-    ripple: bool = setting(True, "Find and remove high-frequency pickup lines (step 5).")
+    ripple: bool = setting(
+        default=True, doc="Find and remove high-frequency pickup lines (step 5)."
+    )
     ripple_threshold: float = setting(
-        10.0, "A frequency is pickup when its power, averaged over the channels of the batch, "
+        default=10.0, doc="A frequency is pickup when its power, averaged over the channels of the batch, "
         "exceeds this many times the median power.", min=1, max=1e6, exclusive="min",
     )  # fmt: skip
     ripple_max_lines: int = setting(
-        8, "At most this many pickup lines, the strongest first.", min=0, max=64
+        default=8, doc="At most this many pickup lines, the strongest first.", min=0, max=64
     )
     ripple_min_cycles: float = setting(
-        0.01, "Frequencies below this are left to the overscan and background steps.",
+        default=0.01, doc="Frequencies below this are left to the overscan and background steps.",
         unit="cycles/sample", min=0, max=0.5, exclusive="max",
     )  # fmt: skip
     threshold_dilate: bool = setting(
-        True, "Keep the 2 × 2 neighbours of pixels above the threshold (a photon's charge may "
+        default=True, doc="Keep the 2 × 2 neighbours of pixels above the threshold (a photon's charge may "
         "split between pixels).",
     )  # fmt: skip
     beamstop: Beamstop = setting(
-        Beamstop(), "The beamstop {row, col, radius, transmission}, divided out inside its "
+        default=Beamstop(), doc="The beamstop {row, col, radius, transmission}, divided out inside its "
         "radius (step 7); none by default.",
     )  # fmt: skip
     center_px: tuple[float, float] | None = setting(
-        None, "Pattern centre (row, col) on the detector image; absent: found from the first "
+        default=None, doc="Pattern centre (row, col) on the detector image; absent: found from the first "
         "batch (step 1).", kind="list", unit="px", length=2, min=0, max=max(fccd.IMAGE_SHAPE),
         optional=True,
     )  # fmt: skip
     crop_px: int = setting(
-        512, "Side of the region cut out around the centre, in detector pixels.", unit="px",
+        default=512, doc="Side of the region cut out around the centre, in detector pixels.", unit="px",
         min=2, max=min(fccd.IMAGE_SHAPE),
     )  # fmt: skip
     frame_px: int = setting(
-        128, "Side of the output frames after Fourier downsampling.", unit="px", min=2,
+        default=128, doc="Side of the output frames after Fourier downsampling.", unit="px", min=2,
         max=min(fccd.IMAGE_SHAPE),
     )  # fmt: skip
     window: str = setting(
-        "erf", "Downsampling window: (erf((0.99·m/2 − r)/window_width) + 1)/2 in Fourier "
+        default="erf", doc="Downsampling window: (erf((0.99·m/2 − r)/window_width) + 1)/2 in Fourier "
         "space, or a Gaussian kernel of σ = window_width detector pixels in real space.",
         choices=WINDOWS,
     )  # fmt: skip
     window_width: float = setting(
-        8.0, "Width of the downsampling window.", unit="px", min=0, max=1000, exclusive="min"
+        default=8.0,
+        doc="Width of the downsampling window.",
+        unit="px",
+        min=0,
+        max=1000,
+        exclusive="min",
     )
     noise_floor_photons: float = setting(
-        0.0, "Subtracted from the output, which is then clipped at 0.", unit="photons", min=0,
+        default=0.0, doc="Subtracted from the output, which is then clipped at 0.", unit="photons", min=0,
         max=1e6,
     )  # fmt: skip
     saturation_adu: float = setting(
-        65535.0, "Raw samples at or above this are saturated; a frame with saturated pixels "
+        default=65535.0, doc="Raw samples at or above this are saturated; a frame with saturated pixels "
         "inside its crop is flagged.", unit="ADU", min=0, max=65535, exclusive="min",
     )  # fmt: skip
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from bluesky_ptycho.core.arrays import Array, fftshift2, get_xp, ifft2
 from bluesky_ptycho.core.geometry import Geometry, ZonePlate
 
 
-def fzp_probe(geometry: Geometry, zone_plate: ZonePlate, xp: object = np) -> Array:
+def fzp_probe(geometry: Geometry, zone_plate: ZonePlate, xp: Any = np) -> Array:
     """Probe of a Fresnel zone plate at the sample plane, on the frame grid.
 
     The zone plate focuses with ``f = D·Δr/λ``; at the focus the field is the

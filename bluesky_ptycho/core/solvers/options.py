@@ -14,29 +14,36 @@ class SolverOptions(Declared):
     """Options every solver has."""
 
     probe_modes: int = setting(
-        1, "Incoherent probe modes M (mixed states; 1 = a coherent probe). Missing modes are "
+        default=1, doc="Incoherent probe modes M (mixed states; 1 = a coherent probe). Missing modes are "
         "added to the initial probe with mode_power of its power each.", min=1, max=32,
     )  # fmt: skip
     mode_power: float = setting(
-        0.05, "Power of each added mode relative to the first.", min=0, max=1, exclusive=True
+        default=0.05,
+        doc="Power of each added mode relative to the first.",
+        min=0,
+        max=1,
+        exclusive=True,
     )
     probe_update_start: int = setting(
-        1, "First iteration (0-based) in which the probe is refined; negative: never.",
+        default=1, doc="First iteration (0-based) in which the probe is refined; negative: never.",
         min=-1, max=MAX_ITERATION,
     )  # fmt: skip
     position_refinement_start: int = setting(
-        -1, "First iteration in which positions are refined; negative: never (RPIE and "
+        default=-1, doc="First iteration in which positions are refined; negative: never (RPIE and "
         "LSQML; DM and RAAR keep positions fixed).", min=-1, max=MAX_ITERATION,
     )  # fmt: skip
     max_position_step_px: float = setting(
-        0.5, "Largest position change of a view in one iteration.", unit="px", min=0, max=100,
+        default=0.5, doc="Largest position change of a view in one iteration.", unit="px", min=0, max=100,
         exclusive="min",
     )  # fmt: skip
     seed: int = setting(
-        0, "Seed of the random view order and of added probe modes.", min=0, max=2**32 - 1
+        default=0,
+        doc="Seed of the random view order and of added probe modes.",
+        min=0,
+        max=2**32 - 1,
     )
     device_memory_bytes: int | None = setting(
-        None, "Most bytes of per-frame arrays kept on the device; above it they stay on the "
+        default=None, doc="Most bytes of per-frame arrays kept on the device; above it they stay on the "
         "host and move block by block. Absent: 70 % of the GPU's free memory on CuPy, no "
         "limit on NumPy. 0 forces the block path.", kind="int", unit="bytes", min=0,
         max=2**50, optional=True,
@@ -48,14 +55,16 @@ class RpieOptions(SolverOptions):
     """Options of :class:`RPIE` (mini-batch ePIE/rPIE)."""
 
     batch_size: int = setting(
-        16, "Views updated together. 1 is classic sequential ePIE; larger batches vectorise "
+        default=16, doc="Views updated together. 1 is classic sequential ePIE; larger batches vectorise "
         "(and suit the GPU) at a small cost in convergence per pass.", min=1, max=MAX_BATCH,
     )  # fmt: skip
     alpha: float = setting(
-        0.1, "rPIE regularisation of the object step: the denominator is "
+        default=0.1, doc="rPIE regularisation of the object step: the denominator is "
         "(1 − α)·Σ|P|² + α·max Σ|P|²; 1 gives ePIE's step.", min=0, max=1, exclusive="min",
     )  # fmt: skip
-    beta: float = setting(0.5, "The same for the probe step.", min=0, max=1, exclusive="min")
+    beta: float = setting(
+        default=0.5, doc="The same for the probe step.", min=0, max=1, exclusive="min"
+    )
 
 
 @settings
@@ -63,28 +72,28 @@ class RaarOptions(SolverOptions):
     """Options of :class:`RAAR`."""
 
     beta: float = setting(
-        0.8, "Relaxation: ψ ← β(ψ + P_F R_O ψ − P_O ψ) + (1 − β) P_O ψ. 1 is the difference "
+        default=0.8, doc="Relaxation: ψ ← β(ψ + P_F R_O ψ − P_O ψ) + (1 − β) P_O ψ. 1 is the difference "
         "map; 0.75–0.9 is steadier with noisy data.", min=0, max=1, exclusive="min",
     )  # fmt: skip
     block_size: int = setting(
-        128, "Views processed together (memory, not convergence: the algorithm is global).",
+        default=128, doc="Views processed together (memory, not convergence: the algorithm is global).",
         min=1, max=MAX_BATCH,
     )  # fmt: skip
     overlap_iterations: int = setting(
-        1, "Alternating object/probe updates per overlap projection.", min=1, max=100
+        default=1, doc="Alternating object/probe updates per overlap projection.", min=1, max=100
     )
     regularization: float = setting(
-        1e-3, "Added to the object and probe denominators, relative to their maximum, so weakly "
+        default=1e-3, doc="Added to the object and probe denominators, relative to their maximum, so weakly "
         "lit pixels do not blow up.", min=0, max=1, exclusive="min",
     )  # fmt: skip
     fourier_relax: float = setting(
-        0.05, "Fourier relaxation (PtyPy's fourier_relax_factor): a frame whose model already "
+        default=0.05, doc="Fourier relaxation (PtyPy's fourier_relax_factor): a frame whose model already "
         "matches its counts to within this fraction of the brightest frame's amplitude is only "
         "pulled that far, not projected (the projection otherwise fits the noise and the "
         "iteration drifts). 0 projects always.", min=0, max=1,
     )  # fmt: skip
     probe_support: float = setting(
-        0.4, "Radius of the probe's support as a fraction of the frame side (the probe is set "
+        default=0.4, doc="Radius of the probe's support as a fraction of the frame side (the probe is set "
         "to zero outside it after each update; a projection algorithm's probe otherwise drifts "
         "into the frame's corners). 0: none.", min=0, max=0.75,
     )  # fmt: skip
@@ -95,7 +104,7 @@ class DmOptions(RaarOptions):
     """Options of :class:`DifferenceMap`: RAAR's, with ``beta`` 1 (the plain difference map)."""
 
     beta: float = setting(
-        1.0, "The difference map's own relaxation; 1 is Thibault et al.'s form.", min=0,
+        default=1.0, doc="The difference map's own relaxation; 1 is Thibault et al.'s form.", min=0,
         max=1, exclusive="min",
     )  # fmt: skip
 
@@ -105,20 +114,20 @@ class LsqmlOptions(SolverOptions):
     """Options of :class:`LSQML`."""
 
     noise: str = setting(
-        "gaussian", "Noise model of the likelihood: Gaussian on amplitudes (the modulus "
+        default="gaussian", doc="Noise model of the likelihood: Gaussian on amplitudes (the modulus "
         "constraint) or Poisson on counts (a step along the likelihood's gradient, its length "
         "found per view by Newton's method).", choices=("gaussian", "poisson"),
     )  # fmt: skip
     batch_size: int = setting(
-        64, "Views per update; LSQ-ML's directions are averaged over a batch.", min=1,
+        default=64, doc="Views per update; LSQ-ML's directions are averaged over a batch.", min=1,
         max=MAX_BATCH,
     )  # fmt: skip
     regularization: float = setting(
-        0.05, "Preconditioner regularisation δ relative to the maximum illumination (object) "
+        default=0.05, doc="Preconditioner regularisation δ relative to the maximum illumination (object) "
         "or object power (probe).", min=0, max=1, exclusive="min",
     )  # fmt: skip
     max_step: float = setting(
-        2.0, "Largest step length along a direction (steps are solved per view and averaged "
+        default=2.0, doc="Largest step length along a direction (steps are solved per view and averaged "
         "over the batch).", min=0, max=10, exclusive="min",
     )  # fmt: skip
 
