@@ -322,7 +322,7 @@ def read_frame_into(
         if fd is None:
             fd = _FDS[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         want = (hi - lo) * row_bytes
-        got = os.preadv(fd, [memoryview(out[lo:hi]).cast("B")], offset + lo * row_bytes)
+        got = os.preadv(fd, [out[lo:hi].data.cast("B")], offset + lo * row_bytes)
         if got != want:
             raise OSError(f"{path}: frame {index}: {got} of {want} bytes read")
         return out
