@@ -365,6 +365,7 @@ def one_case(
     source: str = "cache",
     kill_at: float | None = None,
     frames: str = "file",
+    idle_s: float = 0.0,
 ) -> dict:
     frames_file = cache["files"]["primary"]
     in_flight = max(64, 2 * workers * batch)
@@ -406,6 +407,16 @@ def one_case(
         worker_pids = list(
             request("status", control, timeout=30)["status"]["workers"]["pids"].values()
         )
+        idle = {}
+        if idle_s:  # what the back-end and its workers spend with nothing to do
+            time.sleep(2)
+            pids = (proc.pid, *worker_pids)
+            a = [_stat(f"/proc/{p}/stat") for p in pids]
+            time.sleep(idle_s)
+            b = [_stat(f"/proc/{p}/stat") for p in pids]
+            ms = [round(1000 * (y[0] + y[1] - x[0] - x[1]) / idle_s, 1)
+                  for x, y in zip(a, b, strict=True)]  # fmt: skip
+            idle = {"serve_ms_per_s": ms[0], "workers_ms_per_s": ms[1:]}
         if source == "disk":
             drop(frames_file)
         elif source == "cache":
@@ -493,6 +504,7 @@ def one_case(
                 "publisher": round(pub_cpu * per, 2),
             },
             "worker_cpu_over_kernel": round(worker_ms / kernel_ms, 2) if kernel_ms else None,
+            "idle_cpu": idle,
         }  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -676,6 +688,12 @@ def print_case(r: dict, bound_per_core: float) -> None:
         + ", ".join(f"{k} {v}" for k, v in s.items() if k != "total")
         + f"; publisher {c['publisher']} ms/frame"
     )
+    if r.get("idle_cpu"):
+        i = r["idle_cpu"]
+        print(
+            f"  idle, before the run (Dask's heartbeats and monitors): serve "
+            f"{i['serve_ms_per_s']} ms/s, workers {i['workers_ms_per_s']} ms/s of CPU"
+        )
     print(
         f"  memory: peak {r['peak_rss_mb']} MB, at 10 % and end {r['rss_mb_at_10pct_and_end']} MB;"
         f" frames file in page cache before/after: "
@@ -727,7 +745,7 @@ def main() -> None:
             rows.append(r)
             return r
 
-        case(n=args.frames, workers=2, batch=args.batch, source="cache")
+        case(n=args.frames, workers=2, batch=args.batch, source="cache", idle_s=10.0)
         if not args.no_disk:
             case(n=args.frames, workers=2, batch=args.batch, source="disk")
         for w in args.workers:

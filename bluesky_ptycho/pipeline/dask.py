@@ -33,6 +33,16 @@ WORKER_MALLOC = {
 }
 
 
+#: Dask settings of the local workers (the nanny hands its configuration to each). Idle, a
+#: worker spent 26 ms of CPU a second (2.6 % of a core) on its own housekeeping, 14 with these:
+#: the statistical profiler (every 10 ms it walks every thread's stack, for a dashboard we do
+#: not use) is off, the system monitor samples every 2 s instead of 0.5 s.
+WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
 def connect(
     scheduler: str | None = None,
     workers: int | None = None,
@@ -82,8 +92,10 @@ def connect(
 
     # the nanny (here, in this process) sets these before it starts each worker, and again
     # for the one it starts in place of a worker that died
+    import distributed  # noqa: F401  (its configuration, to be changed below)
+
     spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn, **WORKER_CONFIG}):
         cluster = LocalCluster(
             n_workers=n,
             threads_per_worker=1,

@@ -33,6 +33,8 @@ from bluesky_ptycho.core.params import Param, problems
 from bluesky_ptycho.threads import Worker, bind_run
 
 Callback = Callable[[str, dict], Any]
+#: what a stage's inputs call the RunEngine's own run (``"raw"``, ``"raw/dark"``)
+RAW = "raw"
 
 
 class Stage(DocumentRouter):
@@ -79,6 +81,13 @@ class Stage(DocumentRouter):
             on_error=lambda err: self.errors.append(f"{type(err).__name__}: {err}"),
         )
         self.done = self._worker.done
+        # the raw run's streams the stage takes (None: all of them); the events of the others
+        # are left at the door, not queued for the stage's thread to ignore one by one
+        raw = {i.split("/", 1)[1] for i in (*self.inputs, *self.optional_inputs)
+               if i.startswith(f"{RAW}/")}  # fmt: skip
+        self._raw_streams = frozenset(raw) if raw and RAW not in self.inputs else None
+        self._raw_runs: set[str] = set()
+        self._not_taken: set[str] = set()  # descriptors of the raw streams not taken
 
     @classmethod
     def required_inputs(cls, params: dict[str, Any]) -> tuple[str, ...]:
@@ -136,6 +145,16 @@ class Stage(DocumentRouter):
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         if self.aborted:
             return name, doc
+        if self._raw_streams is not None:
+            if name == "start" and "stage" not in doc:
+                self._raw_runs.add(doc["uid"])
+            elif name == "descriptor":
+                if (doc.get("run_start") in self._raw_runs
+                        and doc.get("name") not in self._raw_streams):  # fmt: skip
+                    self._not_taken.add(doc["uid"])
+            elif name in ("event", "event_page", "stream_datum"):
+                if doc.get("descriptor") in self._not_taken:
+                    return name, doc
         if name == "event":
             self.frames_in += 1
         elif name == "event_page":
