@@ -33,12 +33,17 @@ WORKER_MALLOC = {
 }
 
 
-#: Dask settings of the local workers (the nanny hands its configuration to each). Idle, a
-#: worker spent 26 ms of CPU a second (2.6 % of a core) on its own housekeeping, 14 with these:
-#: the statistical profiler (every 10 ms it walks every thread's stack, for a dashboard we do
-#: not use) is off, the system monitor samples every 2 s instead of 0.5 s.
+#: Dask settings of the local cluster (scheduler, nannies and workers: the nanny hands its
+#: configuration to each worker). Idle, with Dask's defaults, a worker spent 26 ms of CPU a
+#: second on its own housekeeping and the back-end (scheduler, client, nannies) 38; with these
+#: 3 and 7.5 (docs/benchmarks.md): the statistical profiler, which walks every thread's
+#: stack every 10 ms for a dashboard we do not use, is off; the event loops' health tick runs
+#: every second instead of every 20 ms, the memory monitor (pause at 80 %, restart at 95 %
+#: of the limit) every second instead of every 0.1 s, the system monitor every 2 s.
 WORKER_CONFIG = {
     "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
 }
 
