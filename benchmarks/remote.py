@@ -366,6 +366,7 @@ def one_case(
     kill_at: float | None = None,
     frames: str = "file",
     idle_s: float = 0.0,
+    serve_code: Path | None = None,
 ) -> dict:
     frames_file = cache["files"]["primary"]
     in_flight = max(64, 2 * workers * batch)
@@ -377,6 +378,8 @@ def one_case(
         "BLUESKY_PTYCHO_DATA": str(folder / "data"),
         "BLUESKY_PTYCHO_LOGS": str(folder / "logs"),
     }
+    if serve_code is not None:  # another version of the back-end (its workers inherit it)
+        env["PYTHONPATH"] = str(serve_code)
     log_path = folder / f"serve-{workers}-{batch}-{source}-{frames}.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
@@ -473,6 +476,7 @@ def one_case(
         worker_ms = (wk["user"] + wk["system"]) * per
         kernel_ms = 1000.0 * wt.get("clean_s", 0.0) / max(1, wt.get("frames", 0))
         return {
+            "serve_code": str(serve_code or "this checkout"),
             "source": source,
             "transport": frames,
             "workers": workers,
@@ -714,6 +718,11 @@ def main() -> None:
     ap.add_argument("--no-kill", action="store_true", help="skip the killed-worker case")
     ap.add_argument("--no-dispatch", action="store_true", help="skip Dask's dispatch alone")
     ap.add_argument("--inline", action="store_true", help="also frames sent inline (2 workers)")
+    ap.add_argument(
+        "--serve-code",
+        type=Path,
+        help="run the back-end from this source tree (an earlier version: before/after)",
+    )
     ap.add_argument("--kernel-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import tempfile
@@ -739,7 +748,7 @@ def main() -> None:
         folder = Path(tmp)
 
         def case(**kw):
-            r = one_case(cache, folder=folder, **kw)
+            r = one_case(cache, folder=folder, serve_code=args.serve_code, **kw)
             print_case(r, per_core)
             sys.stdout.flush()
             rows.append(r)
