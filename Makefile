@@ -5,12 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-remote bench-solvers clean
+.PHONY: demo test lint bench bench-remote bench-epics bench-solvers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,mpi,viewer]'
+	$(BIN)/python -m pip install -q -e '.[test,mpi,viewer,queueserver]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 bench-remote: $(STAMP)
 	$(BIN)/python benchmarks/remote.py --frames 10000
 	$(BIN)/python benchmarks/live.py
+
+# Over Channel Access against the soft IOC: frames/s (EPICS vs simulated devices) and the object
+# error with the stage's readbacks against the planned positions.
+bench-epics: $(STAMP)
+	$(BIN)/python benchmarks/epics.py
 
 # Solvers against pty-chi (in its own venv, built once), the 1600-frame test of Daurer et al. 2017.
 .venv-ptychi/bin/python:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# Channel Access of every test (the EPICS devices, caproto-get, the IOC, the queue server's
+# worker) stays on this machine: searches go to 127.0.0.1 only, never broadcast.
+os.environ["EPICS_CA_ADDR_LIST"] = "127.0.0.1"
+os.environ["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
+os.environ["EPICS_CAS_INTF_ADDR_LIST"] = "127.0.0.1"
+os.environ["EPICS_CAS_BEACON_ADDR_LIST"] = "127.0.0.1"
+os.environ["EPICS_CAS_AUTO_BEACON_ADDR_LIST"] = "NO"
 
 
 def _cupy_or_none():

@@ -1,30 +1,33 @@
 """Bluesky plans for ptychography. Plans only yield messages; the RunEngine does the I/O."""
 
-from __future__ import annotations
-
-from collections.abc import Generator, Sequence
+import logging
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
+from bluesky.protocols import Movable, Readable
 
 from bluesky_ptycho.core.sim import scan_positions
+from bluesky_ptycho.devices.connect import require_connected
+from bluesky_ptycho.devices.stage import axis_scale_m, axis_units
 
 PATTERNS = ("fermat", "raster")
+log = logging.getLogger(__name__)
 
 
 def ptycho_scan(
-    detector: Any,
-    stage: Any,
-    shutter: Any,
+    detector: Readable,
+    stage: Readable,
+    shutter: Movable,
     *,
     num_points: int = 400,
     step: float = 100e-9,
     pattern: str = "fermat",
     num_darks: int = 25,
     center: tuple[float, float] = (0.0, 0.0),
-    positions: Sequence[tuple[float, float]] | None = None,
+    positions: list[tuple[float, float]] | None = None,
     energy: float | None = None,
     rescan: Any = None,
     rescan_every: int = 0,
@@ -36,16 +39,23 @@ def ptycho_scan(
     """Take darks with the shutter closed, then diffraction frames over a scan.
 
     Streams: ``dark`` (``num_darks`` frames, shutter closed), ``primary``
-    (one frame per scan point, shutter open, with the stage's x and y). The
-    start document carries, under ``"ptycho"``, what the processing stages
-    need: geometry (energy, distance, pixel size), the pattern, the planned
-    positions (m), the numbers of points and darks.
+    (one frame per scan point, shutter open, with the stage's x and y
+    readbacks in the stage's units). The start document carries, under
+    ``"ptycho"``, what the processing stages need: geometry (energy,
+    distance, pixel size), the pattern, the planned positions (m), the
+    numbers of points and darks, and the units of the readbacks
+    (``x_units``, ``y_units``: the motors' EGU).
+
+    Positions are given in metres here and converted to each motor's
+    engineering units (its ``egu``: µm for the simulated stage and for the
+    EPICS motors by default).
 
     Parameters
     ----------
-    detector : SimFCCD (or a real FCCD with the same configuration)
-    stage : SampleStage
-    shutter : Shutter
+    detector : SimFCCD or EpicsFCCD (areaDetector over EPICS)
+        A device name through the queue server.
+    stage : SampleStage or EpicsSampleStage (two motor records)
+    shutter : Shutter or EpicsShutter
     num_points : int
         Scan points (ignored when *positions* is given).
     step : float
@@ -83,6 +93,17 @@ def ptycho_scan(
         At call time, before any run opens, for a bad parameter; the message
         names the parameter, the value and the fix.
     """
+    for what, dev, needs in (
+        ("detector", detector, ("trigger", "geometry")),
+        ("stage", stage, ("x", "y", "point")),
+        ("shutter", shutter, ("set",)),
+    ):
+        if isinstance(dev, str) or not all(hasattr(dev, n) for n in needs):
+            raise ValueError(
+                f"ptycho_scan: {what}={dev!r} is not a {what} device (it needs {', '.join(needs)}); "
+                "give the profile's fccd, stage and shutter (or their EPICS counterparts)"
+            )
+    require_connected(detector, stage, shutter)
     pts = _validated_positions(
         detector, stage, num_points, step, pattern, num_darks, center, positions, energy
     )
@@ -106,8 +127,10 @@ def ptycho_scan(
         "image_key": detector.image_key,
         "x_key": stage.x.name,
         "y_key": stage.y.name,
+        "x_units": axis_units(stage.x),
+        "y_units": axis_units(stage.y),
         "point_key": stage.point.name,
-        "zone_plate": detector.sample.zone_plate.as_dict(),
+        "zone_plate": detector.zone_plate().as_dict(),
     }
     if hasattr(detector, "beamstop"):
         ptycho_md["beamstop"] = detector.beamstop().as_dict()  # refuses a bad beamstop now
@@ -148,9 +171,18 @@ def ptycho_scan(
     return _scan(detector, stage, shutter, pts, int(num_darks), energy, _md, rescans)
 
 
+# A plan, though not a generator function (it checks its parameters when called, before any
+# run opens): bluesky.utils.is_plan, and so bluesky-queueserver, know it by this mark. The
+# annotations above are what the queue server validates: device names for the Readable and
+# Movable parameters, numbers and lists for the rest.
+ptycho_scan._is_plan_ = True  # type: ignore[attr-defined]
+
+
 def _measure(detector, stage, k, x, y):  # type: ignore[no-untyped-def]
+    """Move to (x, y) in m (sent in the motors' units) and take one frame with the readbacks."""
+    sx, sy = axis_scale_m(stage.x), axis_scale_m(stage.y)
     yield from bps.checkpoint()
-    yield from bps.mv(stage.x, float(x), stage.y, float(y), stage.point, int(k))
+    yield from bps.mv(stage.x, float(x) / sx, stage.y, float(y) / sy, stage.point, int(k))
     yield from bps.trigger_and_read([detector, stage.x, stage.y, stage.point], name="primary")
 
 
@@ -206,7 +238,10 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # typ
         return md
 
     def cleanup():  # type: ignore[no-untyped-def]
-        yield from bps.mv(shutter, "closed")
+        try:
+            yield from bps.mv(shutter, "closed")
+        except Exception as err:  # the IOC went away: say so, and still close the file
+            log.warning("ptycho_scan: could not close the shutter %s: %s", shutter.name, err)
         yield from bps.unstage(detector)
 
     uid = yield from bpp.finalize_wrapper(inner(), cleanup())
@@ -243,13 +278,15 @@ def _validated_positions(
         pts = scan_positions(pattern, int(num_points), float(step)) + np.asarray(center, float)
     for axis, col in ((stage.x, 0), (stage.y, 1)):
         lo, hi = axis.limits
+        unit, scale = axis_units(axis), axis_scale_m(axis)
         if lo < hi:
-            outside = (pts[:, col] < lo) | (pts[:, col] > hi)
+            values = pts[:, col] / scale
+            outside = (values < lo) | (values > hi)
             if outside.any():
                 k = int(np.flatnonzero(outside)[0])
                 raise ValueError(
-                    f"ptycho_scan: position {k} has {axis.name}={pts[k, col]:.4g} m, outside the "
-                    f"stage limits [{lo:.4g}, {hi:.4g}] m; move the scan centre or shrink "
-                    "num_points/step"
+                    f"ptycho_scan: position {k} has {axis.name}={values[k]:.4g} {unit}, outside "
+                    f"the stage limits [{lo:.4g}, {hi:.4g}] {unit} ({int(outside.sum())} of "
+                    f"{len(pts)} positions are); move the scan centre or shrink num_points/step"
                 )
     return pts

@@ -30,6 +30,8 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from event_model import unpack_event_page
 
+from bluesky_ptycho.devices.stage import axis_scale_m
+
 ID_KEY = "_id"
 
 
@@ -225,15 +227,16 @@ def rescan_acquire(
     **kwargs: Any,
 ) -> Generator[Any, Any, tuple[int, ...]]:
     """Measure *suggestions* inside the open run (bluesky-adaptive's in-run acquisition
-    signature): for each, a checkpoint, move the actuators (named as in the suggestion),
+    signature): for each, a checkpoint, move the actuators (named as in the suggestion, in m;
+    each is sent in its own units, its ``egu``),
     set *point* (the stage's point signal) to the suggestion's ``_id``, and read the
     sensors with the actuators into ``primary``. Returns the ids in the order measured."""
     done = []
     for s in suggestions:
         yield from bps.checkpoint()
         args: list[Any] = []
-        for a in actuators:
-            args += [a, s[a.name]]
+        for a in actuators:  # suggestions are in m, motors take their own units
+            args += [a, float(s[a.name]) / axis_scale_m(a)]
         if point is not None:
             args += [point, int(s[ID_KEY])]
         yield from bps.mv(*args)

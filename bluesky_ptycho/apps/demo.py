@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bluesky_ptycho.core.metrics import align_object, illuminated_region, object_error
+from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.storage.catalog import Catalog
 from bluesky_ptycho.storage.guard import SpoolGuard
@@ -146,6 +147,16 @@ class _ScanRecord:
     def __call__(self, name: str, doc: dict) -> None:
         if name == "start":
             self.start, self._streams, self._uris, self.files = doc, {}, {}, {}
+            self.measured: list[list[float]] = []
+        elif name == "event" and self._streams.get(doc["descriptor"]) == "primary":
+            # the stage's readbacks with each frame, in m (raw2cxi places the frames there)
+            md = (self.start or {}).get("ptycho", {})
+            xy = []
+            for axis in ("x", "y"):
+                v = doc["data"].get(md.get(f"{axis}_key", f"stage_{axis}"))
+                scale = metres_per_unit(md.get(f"{axis}_units"))
+                xy.append(float(v) * scale if v is not None else float("nan"))
+            self.measured.append(xy)
         elif name == "descriptor":
             self._streams[doc["uid"]] = doc.get("name", "primary")
         elif name == "stream_resource":
@@ -161,7 +172,10 @@ class _ScanRecord:
         import json
 
         path = folder / f"scan_{self.start.get('scan_id', self.start['uid'][:8])}.json"
-        path.write_text(json.dumps({**self.start, "files": self.files}, indent=1))
+        start = dict(self.start)
+        if self.measured:
+            start["ptycho"] = {**start.get("ptycho", {}), "measured_positions_m": self.measured}
+        path.write_text(json.dumps({**start, "files": self.files}, indent=1))
         return path
 
 

@@ -35,6 +35,8 @@ class Raw2CxiResult:
     flags: dict[int, str] = field(default_factory=dict)
     center: tuple[float, float] | None = None
     seconds: float = 0.0
+    #: frames placed at their planned position (no stage readback was recorded for them)
+    n_planned_positions: int = 0
 
     @property
     def frames_per_second(self) -> float:
@@ -141,8 +143,9 @@ def raw_to_cxi(
     settings : dict, optional
         Cleaning parameters (the ``frame_cleaning`` stage's: ``threshold_adu``, …).
     positions_m : (N, 2) array, optional
-        Where each frame was taken (x, y in m), e.g. the stage's readbacks;
-        default: the planned positions of the metadata.
+        Where each frame was taken (x, y in m); default: the stage's readbacks the
+        metadata recorded (``measured_positions_m``, written by the demo), the planned
+        positions for frames without one (:func:`frame_positions`).
     """
     from bluesky_ptycho.pipeline.files import RAW2CXI
     from bluesky_ptycho.pipeline.runner import Pipeline
@@ -151,7 +154,15 @@ def raw_to_cxi(
     output = Path(output)
     n = _dataset(Path(frames_path), "frames")
     n_darks = _dataset(Path(darks_path), "darks") if darks_path is not None else 0
-    positions = np.asarray(metadata["positions_m"] if positions_m is None else positions_m, float)
+    n_planned = 0
+    if positions_m is None:
+        try:
+            positions, fallback = frame_positions(metadata, n)
+        except ValueError as err:
+            raise ValueError(f"{frames_path}: {err}") from None
+        n_planned = int(fallback.sum())
+    else:
+        positions = np.asarray(positions_m, float)
     if positions.ndim != 2 or positions.shape[1] != 2 or len(positions) < n:
         raise ValueError(
             f"{frames_path} holds {n} frames but the positions given have shape "
@@ -195,7 +206,35 @@ def raw_to_cxi(
     center = getattr(run.by_stage("frame_cleaning"), "center", None)
     flags = dict(sorted(export.flags.items()))
     return Raw2CxiResult(export.path, n, n - len(flags), n_darks, flags, center,
-                         time.perf_counter() - t0)  # fmt: skip
+                         time.perf_counter() - t0, n_planned)  # fmt: skip
+
+
+def frame_positions(md: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (n, 2) in m of the file's *n* frames, a mask of those that are planned).
+
+    The stage's readbacks recorded with each frame (``measured_positions_m``, in
+    frame order, NaN where none was recorded) are used; a frame without one
+    falls back to its planned position (``positions_m``).
+    """
+    planned = np.asarray(md.get("positions_m", []), np.float64).reshape(-1, 2)
+    measured = md.get("measured_positions_m")
+    pos = np.full((n, 2), np.nan)
+    k = min(n, len(planned))
+    pos[:k] = planned[:k]
+    fallback = np.ones(n, bool)
+    if measured is not None:
+        m = np.asarray(measured, np.float64).reshape(-1, 2)[:n]
+        ok = np.isfinite(m).all(axis=1)
+        pos[: len(m)][ok] = m[ok]
+        fallback[: len(m)][ok] = False
+    missing = ~np.isfinite(pos).all(axis=1)
+    if missing.any():
+        raise ValueError(
+            f"frame {int(np.flatnonzero(missing)[0])} of {n} has neither a recorded stage "
+            f"readback nor a planned position (the metadata plan {len(planned)} points and "
+            f"record {0 if measured is None else len(measured)} readbacks)"
+        )
+    return pos, fallback
 
 
 def scan_documents(
@@ -214,7 +253,9 @@ def scan_documents(
     from bluesky_ptycho.io.frames import MIMETYPE
 
     md = {**metadata, "image_key": "fccd_image", "x_key": "x", "y_key": "y", "point_key": "point",
+          "x_units": "m", "y_units": "m",  # the positions given are in m, whatever the stage's
           "num_points": n, "num_darks": n_darks}  # fmt: skip
+    md.pop("measured_positions_m", None)
     bundle = compose_run(metadata={"plan_name": "raw2cxi", "scan_id": 0, "ptycho": md})
     out: list[tuple[str, dict]] = [("start", bundle.start_doc)]
     image = {"source": "raw2cxi", "dtype": "array", "dtype_numpy": "<u2",

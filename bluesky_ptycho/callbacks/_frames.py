@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
-from bluesky_ptycho.io.frames import StreamFrameReader
+from bluesky_ptycho.core.units import metres_per_unit
+from bluesky_ptycho.io.frames import FrameAccessError, FrameRef, StreamFrameReader
+
+#: errors reading a frame from the detector's file: missing, not written yet, unreadable
+READ_ERRORS = (OSError, KeyError, IndexError)
 
 
 class RawFrames:
@@ -18,7 +23,7 @@ class RawFrames:
     number.
     """
 
-    def __init__(self, start: dict) -> None:
+    def __init__(self, start: dict, late_frame_s: float = 2.0) -> None:
         md = start.get("ptycho") or {}
         self.image_key: str = md.get("image_key", "fccd_image")
         self.x_key: str = md.get("x_key", "stage_x")
@@ -26,8 +31,35 @@ class RawFrames:
         #: the scan point each primary event measures (a re-measured point comes again);
         #: runs without it number points by event: seq_num - 1
         self.point_key: str | None = md.get("point_key")
+        #: metres in one unit of the x and y readbacks (runs without units: metres)
+        self.x_scale_m = metres_per_unit(md.get("x_units"))
+        self.y_scale_m = metres_per_unit(md.get("y_units"))
         self.streams: dict[str, str] = {}  # descriptor uid → stream name
         self.reader = StreamFrameReader()
+        #: seconds a frame the file does not hold yet is waited for (the detector's file
+        #: writer may lag behind its documents)
+        self.late_frame_s = late_frame_s
+        self._unreadable: dict[str, str] = {}  # file → why: later frames of it wait no more
+
+    def read(self, ref: FrameRef) -> np.ndarray:
+        """The frame *ref* points to, waiting up to :attr:`late_frame_s` for a late one.
+
+        Raises one of :data:`READ_ERRORS` saying why it cannot be read; a file
+        that failed once is not waited for again.
+        """
+        if ref.uri in self._unreadable:
+            raise OSError(self._unreadable[ref.uri])
+        deadline = time.monotonic() + self.late_frame_s
+        while True:
+            try:
+                return ref.read()
+            except READ_ERRORS as err:
+                if isinstance(err, FrameAccessError) or time.monotonic() >= deadline:
+                    why = f"{type(err).__name__}: {err}"
+                    if not isinstance(err, IndexError):  # a short file may still grow
+                        self._unreadable[ref.uri] = why
+                    raise type(err)(why) from None
+            time.sleep(0.05)
 
     def descriptor(self, doc: dict) -> None:
         self.streams[doc["uid"]] = doc.get("name", "primary")
@@ -51,7 +83,8 @@ class RawFrames:
         name = self.streams.get(doc["descriptor"], "primary")
         if stream is not None and name != stream:
             return None
-        frames = self.reader.frames(doc) if read else self.reader.references(doc)
+        refs = self.reader.references(doc)
+        frames = [self.read(r) for r in refs] if read else refs
         s = doc["seq_nums"]
         return name, list(range(s["start"], s["stop"])), frames
 

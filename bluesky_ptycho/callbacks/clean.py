@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_ptycho.callbacks._frames import RawFrames, frame_problem
+from bluesky_ptycho.callbacks._frames import READ_ERRORS, RawFrames, frame_problem
 from bluesky_ptycho.core import fccd
 from bluesky_ptycho.core.arrays import get_xp, to_numpy
 from bluesky_ptycho.core.clean import CleanedBatch, CleanSettings, Preprocessor
@@ -251,8 +251,9 @@ class FrameCleaner(Stage):
     def stream_datum(self, doc: dict) -> None:
         if self._raw is None:
             return
-        # on Dask, the workers read the frames from the file themselves
-        got = self._raw.from_datum(doc, "primary", read=self.client is None)
+        # where the frames lie; read when cleaned (here, or by the Dask workers themselves),
+        # so a late frame has the time to reach the file
+        got = self._raw.from_datum(doc, "primary", read=False)
         if got is None:
             return
         for s, f in zip(got[1], got[2], strict=True):
@@ -266,8 +267,9 @@ class FrameCleaner(Stage):
         if self._raw is None or self._raw.streams.get(doc["descriptor"]) != "primary":
             return
         _stream, seq, frames, data = self._raw.from_event_page(doc)
-        xs = data.get(self._raw.x_key, [np.nan] * len(seq))
-        ys = data.get(self._raw.y_key, [np.nan] * len(seq))
+        # the stage's readbacks at the frame, in its units (µm): metres from here on
+        xs = np.asarray(data.get(self._raw.x_key, [np.nan] * len(seq)), float) * self._raw.x_scale_m
+        ys = np.asarray(data.get(self._raw.y_key, [np.nan] * len(seq)), float) * self._raw.y_scale_m
         points = data.get(self._raw.point_key) if self._raw.point_key else None
         for i, s in enumerate(seq):
             frame = frames[i] if frames is not None else self._frames_by_seq.pop(s, None)
@@ -532,8 +534,8 @@ class FrameCleaner(Stage):
         for point, x, y, frame in batch:
             if isinstance(frame, FrameRef):
                 try:
-                    frame = frame.read()
-                except (OSError, KeyError, IndexError) as err:
+                    frame = self._raw.read(frame) if self._raw is not None else frame.read()
+                except READ_ERRORS as err:
                     self._emit_flagged([(point, x, y, None)], f"could not read the frame: {err}")
                     continue
             items.append((point, x, y, frame))

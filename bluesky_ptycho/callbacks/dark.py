@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from bluesky_ptycho.callbacks._frames import RawFrames, frame_problem
+from bluesky_ptycho.callbacks._frames import READ_ERRORS, RawFrames, frame_problem
 from bluesky_ptycho.core import fccd
 from bluesky_ptycho.core.arrays import get_xp, to_numpy
 from bluesky_ptycho.core.dark import DarkSettings, RunningDarkStats
@@ -64,9 +64,17 @@ class DarkStatistics(Stage):
 
     def stream_datum(self, doc: dict) -> None:
         assert self._frames is not None
-        got = self._frames.from_datum(doc, "dark")
-        if got is not None:
-            self._add(got[1], list(got[2]))
+        got = self._frames.from_datum(doc, "dark", read=False)
+        if got is None:
+            return
+        for s, ref in zip(got[1], got[2], strict=True):
+            try:
+                frame = self._frames.read(ref)
+            except READ_ERRORS as err:
+                self.skipped.append((s, f"could not read the frame: {err}"))
+                self.log.warning("dark frame %d skipped: could not read it: %s", s, err)
+                continue
+            self._add([s], [frame])
 
     def event_page(self, doc: dict) -> None:
         assert self._frames is not None

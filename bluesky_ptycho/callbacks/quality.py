@@ -91,6 +91,7 @@ class QualityMonitor(Stage):
         self._good_photons: deque[float] = deque(maxlen=int(reference_frames))
         self._recent: deque[tuple[float, float, float]] = deque(maxlen=int(drift_frames))
         self._first: list[tuple[float, float, float]] = []  # the scan's first good frames
+        self._planned = np.zeros((0, 2))  # the planned positions (m), for frames without readbacks
         self.verdicts: dict[int, dict[str, Any]] = {}
         self.beam_ok = True
         self._good_count = 0
@@ -111,6 +112,8 @@ class QualityMonitor(Stage):
         if doc.get("stage") == "frame_cleaning" and self._out is None:
             self._cleaning_uid = doc["uid"]
             self._out = DerivedRun(self, doc, {"ptycho": doc.get("ptycho", {})})
+            planned = (doc.get("ptycho") or {}).get("positions_m") or []
+            self._planned = np.asarray(planned, np.float64).reshape(-1, 2)
         elif doc.get("stage") == "reconstruction" and "object_grid" in doc:
             g = doc["object_grid"]
             self._grid = ObjectGrid(tuple(g["shape"]), tuple(g["origin_m"]), g["pixel_size_m"])
@@ -128,7 +131,12 @@ class QualityMonitor(Stage):
         photons = np.asarray(d.get("photons", [np.nan] * len(points)), np.float64)
         valid = np.asarray(d["valid"], bool)
         flags = [str(f) for f in d["flag"]]
-        xs, ys = np.asarray(d["x"], float), np.asarray(d["y"], float)
+        xs, ys = np.array(d["x"], float), np.array(d["y"], float)
+        # a frame without stage readbacks is judged at its planned position
+        missing = (
+            ~(np.isfinite(xs) & np.isfinite(ys)) & (points >= 0) & (points < len(self._planned))
+        )
+        xs[missing], ys[missing] = self._planned[points[missing]].T
         for k, p in enumerate(points):
             reference = float(np.median(self._good_photons)) if self._good_photons else np.nan
             low = bool(

@@ -144,6 +144,8 @@ class StreamingReconstructionStage(Stage):
         self.grid: ObjectGrid | None = None
         self.n_points = 0
         self.flags: dict[int, str] = {}
+        #: frames of the run placed at their planned positions (no readback recorded)
+        self.planned_fallback = 0
         self.result: ReconstructionResult | None = None
         self._out: DerivedRun | None = None
         self._pending: list[tuple] = []
@@ -167,6 +169,7 @@ class StreamingReconstructionStage(Stage):
             return
         md = doc["ptycho"]
         g = Geometry.from_metadata(md)
+        self.planned_fallback = 0
         positions = np.asarray(md["positions_m"], dtype=np.float64)
         self.grid = object_grid(positions, g.object_pixel_size_m, g.frame_px, margin_px=16)
         self.n_points = len(positions)
@@ -255,7 +258,7 @@ class StreamingReconstructionStage(Stage):
         xy = np.stack(
             [np.asarray(d["x"], float)[ok][finite], np.asarray(d["y"], float)[ok][finite]], 1
         )
-        pos = None if np.isnan(xy).any() else self.grid.to_pixels(xy)
+        pos = self._measured_or_planned(pts, xy)
         item = (pts, frames, pos)
         if self.stream is not None:
             self.stream.add_frames(*item)
@@ -263,6 +266,26 @@ class StreamingReconstructionStage(Stage):
         self._pending.append(item)
         if self._probe_ready:
             self._begin(float(frames.sum(axis=(1, 2)).mean()))
+
+    def _measured_or_planned(self, pts: np.ndarray, xy: np.ndarray) -> np.ndarray | None:
+        """Pixel positions of frames: the stage's readbacks (m) where the events carried
+        them, the planned positions where they did not (said once per run in the log)."""
+        assert self.grid is not None
+        missing = ~np.isfinite(xy).all(axis=1)
+        if missing.all():
+            pos = None  # the solver keeps the planned positions
+        else:
+            pos = self.grid.to_pixels(np.where(missing[:, None], 0.0, xy))
+            pos[missing] = self._positions_px[pts[missing]]
+        if missing.any():
+            if not self.planned_fallback:
+                self.log.warning(
+                    "frames without stage readbacks (first: point %d): their planned "
+                    "positions are used",
+                    int(pts[missing][0]),
+                )
+            self.planned_fallback += int(missing.sum())
+        return pos
 
     def _verdicts(self, d: dict) -> None:
         """The quality monitor judged frames bad (low flux, a data-error outlier): weight 0

@@ -17,7 +17,7 @@ from types import ModuleType
 #: the sub-commands, in the order ``--help`` lists them
 COMMANDS = (
     "demo", "stages", "check", "replay", "runs", "logs", "raw2cxi", "reconstruct",
-    "serve", "status", "control", "keys",
+    "serve", "status", "control", "keys", "ioc",
 )  # fmt: skip
 
 

@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         f"{res.n_frames} frames ({res.n_darks} darks) cleaned in {res.seconds:.1f} s "
         f"({res.frames_per_second:.0f} frames/s); {res.n_written} written to {res.path}"
     )
+    if res.n_planned_positions:
+        print(
+            f"{res.n_planned_positions} frames had no recorded stage readback: written at "
+            "their planned positions"
+        )
     if res.flags:
         print(
             f"{len(res.flags)} flagged and left out: "

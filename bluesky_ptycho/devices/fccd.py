@@ -26,8 +26,9 @@ from ophyd.status import DeviceStatus
 from bluesky_ptycho.core import fccd as fccd_geom
 from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
 from bluesky_ptycho.core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
-from bluesky_ptycho.devices.stage import SampleStage, Shutter
+from bluesky_ptycho.devices.stage import SampleStage, Shutter, position_m
 from bluesky_ptycho.io.frames import MIMETYPE, FrameFileWriter
+from bluesky_ptycho.threads import Worker
 
 DEFAULT_DEFECTS = FCCDDefects()
 
@@ -111,6 +112,7 @@ class SimFCCD(Device):
         self._asset_docs: deque[tuple[str, dict]] = deque()
         self._frame_counter = itertools.count()
         self._lock = threading.Lock()
+        self._exposures: Worker | None = None
 
     # -- configuration ----------------------------------------------------
     @property
@@ -150,6 +152,10 @@ class SimFCCD(Device):
             self._sample = SimulatedSample(geometry=g, zone_plate=zp)
         return self._sample
 
+    def zone_plate(self) -> ZonePlate:
+        """The zone plate focusing the beam (the simulated one)."""
+        return self.sample.zone_plate
+
     def check_configured(self) -> None:
         """Raise ``ValueError`` naming what is not configured (called by plans before a run)."""
         problems = []
@@ -183,9 +189,15 @@ class SimFCCD(Device):
         doc.pop("run_start", None)
         self._asset_docs.append(("stream_resource", doc))
         self._compose_datum = bundle.compose_stream_datum
+        # exposures run on a thread of the device's own, one after another, while it is staged
+        self._exposures = Worker(f"{self.name}-acquire", lambda job: job())
         return super().stage()
 
     def unstage(self) -> list[object]:
+        if self._exposures is not None:
+            self._exposures.close()  # after the exposures already asked for
+            self._exposures.join(60)
+            self._exposures = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -194,10 +206,10 @@ class SimFCCD(Device):
 
     # -- acquisition ---------------------------------------------------------
     def trigger(self) -> DeviceStatus:
-        if self._writer is None:
+        if self._writer is None or self._exposures is None:
             raise RuntimeError(f"detector {self.name!r} must be staged before it is triggered")
         status = DeviceStatus(self)
-        position = (float(self.stage_device.x.position), float(self.stage_device.y.position))
+        position = (position_m(self.stage_device.x), position_m(self.stage_device.y))
         shutter_open = self.shutter.is_open
         point = getattr(self.stage_device, "point", None)
         fault = (
@@ -229,7 +241,7 @@ class SimFCCD(Device):
             else:
                 status.set_finished()
 
-        threading.Thread(target=acquire, name=f"{self.name}-acquire", daemon=True).start()
+        self._exposures.put(acquire)
         return status
 
     def simulate_frame(

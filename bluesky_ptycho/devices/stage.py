@@ -1,25 +1,56 @@
-"""The sample stage (x, y in m) and the beam shutter."""
+"""The sample stage (x, y in µm, as a motor's EGU says) and the beam shutter."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from ophyd import Component as Cpt
 from ophyd import Device, Signal, SoftPositioner
 from ophyd.status import Status
 
-STAGE_LIMITS_M = (-20e-6, 20e-6)
+from bluesky_ptycho.core.units import metres_per_unit
+
+#: the simulated stage's units and soft limits (in those units)
+STAGE_UNITS = "um"
+STAGE_LIMITS = (-20.0, 20.0)
 
 
 class SampleStage(Device):
-    """Sample stage with x and y axes in metres and soft limits.
+    """Sample stage with x and y axes in µm (``egu="um"``) and soft limits.
 
-    A real stage swaps the SoftPositioners for EpicsMotors with the same names.
+    The operator reads and types positions in µm, as with a motor record
+    whose EGU is ``um``; plans take metres and convert with :func:`axis_scale_m`.
+    :class:`~bluesky_ptycho.devices.epics.EpicsSampleStage` has the same
+    components over two EPICS motor records.
     """
 
-    x = Cpt(SoftPositioner, egu="m", limits=STAGE_LIMITS_M, init_pos=0.0, kind="hinted")
-    y = Cpt(SoftPositioner, egu="m", limits=STAGE_LIMITS_M, init_pos=0.0, kind="hinted")
+    x = Cpt(SoftPositioner, egu=STAGE_UNITS, limits=STAGE_LIMITS, init_pos=0.0, kind="hinted")
+    y = Cpt(SoftPositioner, egu=STAGE_UNITS, limits=STAGE_LIMITS, init_pos=0.0, kind="hinted")
     #: the scan point being measured (set by the plan, read with every frame), so a point
     #: measured again — after a suspension, or by a rescan — replaces its earlier frame
     point = Cpt(Signal, value=-1, kind="normal")
+
+
+def axis_units(axis: Any) -> str:
+    """The engineering units of a positioner (``egu``); metres when it has none."""
+    egu = getattr(axis, "egu", None)
+    return str(egu) if egu not in (None, "") else "m"
+
+
+def axis_scale_m(axis: Any) -> float:
+    """Metres in one unit of *axis* (``1e-6`` for a motor in µm).
+
+    Raises ``ValueError`` naming the axis when its EGU is not a known length unit.
+    """
+    try:
+        return metres_per_unit(axis_units(axis))
+    except ValueError as err:
+        raise ValueError(f"{getattr(axis, 'name', axis)}: {err}") from None
+
+
+def position_m(axis: Any) -> float:
+    """Where *axis* is, in metres (its readback times its unit)."""
+    return float(axis.position) * axis_scale_m(axis)
 
 
 class Shutter(Device):

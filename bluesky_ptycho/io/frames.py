@@ -19,6 +19,8 @@ import numpy as np
 
 MIMETYPE = "application/x-hdf5"
 DATASET = "/entry/data/data"
+#: where areaDetector's HDF5 plugin puts per-frame attributes (NDAttributes)
+ATTRIBUTES_GROUP = "/entry/instrument/NDAttributes"
 log = logging.getLogger(__name__)
 #: Most bytes one read of frames may return (a StreamDatum names a few frames, not a file)
 MAX_READ_BYTES = 2**30
@@ -111,9 +113,19 @@ class FrameFileWriter:
         File to create (its folder is created); an existing file is refused.
     frame_shape : tuple of int
     dtype : numpy dtype
+    attributes : sequence of str
+        Per-frame scalars written beside each frame, as areaDetector's HDF5
+        plugin writes NDAttributes: one float64 dataset each under
+        :data:`ATTRIBUTES_GROUP` (e.g. ``NDArrayUniqueId``).
     """
 
-    def __init__(self, path: str | os.PathLike, frame_shape: tuple[int, ...], dtype: str) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        frame_shape: tuple[int, ...],
+        dtype: str,
+        attributes: tuple[str, ...] = (),
+    ) -> None:
         self.path = Path(path).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
@@ -129,18 +141,32 @@ class FrameFileWriter:
                 dtype=self.dtype,
                 chunks=(1, *self.frame_shape),
             )
+            self._attrs = {
+                name: self._file.create_dataset(
+                    f"{ATTRIBUTES_GROUP}/{name}",
+                    shape=(0,),
+                    maxshape=(None,),
+                    dtype="f8",
+                    chunks=(256,),
+                )
+                for name in attributes
+            }
             self._file.swmr_mode = True
             _OPEN_WRITERS[str(self.path)] = self
         self.count = 0
 
-    def append(self, frame: np.ndarray) -> int:
-        """Write one frame; return its index in the dataset."""
+    def append(self, frame: np.ndarray, attributes: dict[str, float] | None = None) -> int:
+        """Write one frame (and its *attributes*, NaN for those not given); return its index."""
         if frame.shape != self.frame_shape:
             raise ValueError(
                 f"frame of shape {frame.shape} given, the file holds {self.frame_shape}"
             )
         with _H5_LOCK:
             i = self.count
+            for name, ds in self._attrs.items():  # first: a reader that sees the frame sees them
+                ds.resize(i + 1, axis=0)
+                ds[i] = float((attributes or {}).get(name, np.nan))
+                ds.flush()
             self._ds.resize(i + 1, axis=0)
             self._ds[i] = frame
             self._ds.flush()

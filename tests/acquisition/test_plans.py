@@ -16,6 +16,32 @@ def devices(tmp_path):
     return fccd, stage, shutter
 
 
+def test_a_name_instead_of_a_device_is_refused_before_the_run(devices):
+    _fccd, stage, shutter = devices
+    RE = RunEngine({})
+    with pytest.raises(ValueError, match="detector='nothing' is not a detector device"):
+        RE(ptycho_scan("nothing", stage, shutter))
+
+
+def test_positions_go_to_the_stage_in_its_units_and_the_start_document_says_which(devices):
+    fccd, stage, shutter = devices
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    RE(
+        ptycho_scan(
+            fccd, stage, shutter, positions=[(1e-6, -0.5e-6), (0.25e-6, 0.5e-6)], num_darks=1
+        )
+    )
+    start = next(d for n, d in docs if n == "start")
+    assert start["ptycho"]["x_units"] == "um" and start["ptycho"]["positions_m"][0] == [
+        1e-6,
+        -0.5e-6,
+    ]
+    ev = [d["data"] for n, d in docs if n == "event" and "stage_x" in d["data"]]
+    assert [(e["stage_x"], e["stage_y"]) for e in ev] == [(1.0, -0.5), (0.25, 0.5)]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -10,9 +10,11 @@ from bluesky_ptycho.pipeline.files import PipelineFileError
 from bluesky_ptycho.pipeline.runner import Pipeline
 
 
-def _synthetic_run(num_points=40, bad=None):
-    """A raw ptycho run with frames inline in the events, and some planted bad frames."""
+def _synthetic_run(num_points=40, bad=None, units="m", no_readback=()):
+    """A raw ptycho run with frames inline in the events, and some planted bad frames;
+    readbacks in *units*, none for the points in *no_readback*."""
     bad = bad or {}
+    scale = {"m": 1.0, "um": 1e6}[units]
     g = Geometry()
     rng = np.random.default_rng(0)
     noise = sim.FCCDNoiseModel.for_energy(g.energy_ev)
@@ -33,6 +35,8 @@ def _synthetic_run(num_points=40, bad=None):
             "image_key": "fccd_image",
             "x_key": "stage_x",
             "y_key": "stage_y",
+            "x_units": units,
+            "y_units": units,
             "zone_plate": ZonePlate().as_dict(),
         }
     }
@@ -51,13 +55,12 @@ def _synthetic_run(num_points=40, bad=None):
     yield "descriptor", prim.descriptor_doc
     for i, (x, y) in enumerate(pos):
         frame = bad[i] if i in bad else noise.raw_frame(rng, sample.intensity((x, y), 1e6))
+        data = {"fccd_image": frame, "stage_x": x * scale, "stage_y": y * scale}
+        if i in no_readback:
+            del data["stage_x"], data["stage_y"]
         yield (
             "event",
-            prim.compose_event(
-                data={"fccd_image": frame, "stage_x": x, "stage_y": y},
-                timestamps={"fccd_image": 0, "stage_x": 0, "stage_y": 0},
-                validate=False,
-            ),
+            prim.compose_event(data=data, timestamps=dict.fromkeys(data, 0), validate=False),
         )
     yield "stop", run.compose_stop()
 
@@ -228,3 +231,38 @@ def test_stxm_and_probe_estimate_feed_the_reconstruction():
     sample = sim.SimulatedSample(Geometry(), ZonePlate(), scan_extent_m=2e-6)
     err = object_error(r.object, sample.object_on(r.grid), illuminated_region(r.illumination, 0.3))
     assert err < 0.35
+
+
+def planned_of(docs, p):
+    return docs[0][1]["ptycho"]["positions_m"][p]
+
+
+def test_readbacks_in_um_reach_the_reconstruction_in_m_and_missing_ones_fall_back(tmp_path):
+    pipe = Pipeline(params={"reconstruction": {"final_iterations": 2, "min_frames": 4}})
+    out = []
+    pipe.subscribe(lambda n, d: out.append((n, d)))
+    uid = None
+    docs = list(_synthetic_run(num_points=20, units="um", no_readback=(3, 7)))
+    for name, doc in docs:
+        uid = uid or doc["uid"]
+        pipe(name, doc)
+    run = pipe.wait(uid, timeout=120)
+    assert run["reconstruction"].planned_fallback == 2
+    assert not any(run.errors.values()), run.errors
+    # the quality monitor judges those frames at their planned positions
+    verdicts = {
+        d["data"]["point"]: d["data"] for n, d in out if n == "event" and "bad" in d["data"]
+    }
+    np.testing.assert_allclose((verdicts[3]["x"], verdicts[3]["y"]), planned_of(docs, 3))
+    planned = np.asarray(docs[0][1]["ptycho"]["positions_m"])
+    cleaned = {
+        int(p): (x, y)
+        for n, d in out
+        if n == "event" and "frame" in d["data"]
+        for p, x, y in [(d["data"]["point"], d["data"]["x"], d["data"]["y"])]
+    }
+    for p, (x, y) in cleaned.items():
+        if p in (3, 7):
+            assert np.isnan(x) and np.isnan(y)
+        else:
+            np.testing.assert_allclose((x, y), planned[p], rtol=1e-9, atol=1e-15)

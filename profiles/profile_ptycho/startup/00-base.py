@@ -2,7 +2,10 @@
 # Files run in name order. Then:  RE(ptycho_scan(fccd, stage, shutter, num_points=400))
 # Environment: BLUESKY_PTYCHO_DATA (data dir), BLUESKY_PTYCHO_CATALOG and
 # BLUESKY_PTYCHO_API_KEY (a Tiled server; the embedded on-disk catalog without),
-# BLUESKY_PTYCHO_PIPELINE (a pipeline file; the package's default without).
+# BLUESKY_PTYCHO_PIPELINE (a pipeline file; the package's default without),
+# BLUESKY_PTYCHO_DEVICES (sim or epics; 20-devices.py has the PV names).
+# The same files are bluesky-queueserver's worker start-up (start-re-manager --startup-dir
+# profiles/profile_ptycho/startup; README): plain Python, nothing IPython-only.
 import logging
 
 from bluesky import RunEngine
