@@ -34,9 +34,12 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
-# The remote back-end end to end (ZeroMQ, serve, Dask workers): 1 and 2 workers, both transports.
+# The remote back-end end to end (ZeroMQ, serve, Dask workers) on 2,000 distinct raw frames
+# (recorded once into benchmarks/.frames, ~9 GB): page cache and disk, 1 and 2 workers, batch
+# sizes, a killed worker, Dask's dispatch; then the live reconstruction's lag at 10 and 50 Hz.
 bench-remote: $(STAMP)
 	$(BIN)/python benchmarks/remote.py --frames 10000
+	$(BIN)/python benchmarks/live.py
 
 # Over Channel Access against the soft IOC: frames/s (EPICS vs simulated devices) and the object
 # error with the stage's readbacks against the planned positions.

@@ -109,6 +109,8 @@ def frame_problem(frame: Any, shape: tuple[int, ...]) -> str:
         return f"wrong dtype {a.dtype}, expected an integer or float type (uint16)"
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         return f"{int((~np.isfinite(a)).sum())} non-finite values"
-    if not a.any():
+    # a frame with data shows it in a sparse sample of its pixels: the whole frame is looked
+    # at only when the sample is all zeros
+    if not (a.reshape(-1)[::1009].any() or a.any()):
         return "all zeros (the frame was lost on its way)"
     return ""

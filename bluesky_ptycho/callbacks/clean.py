@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -20,49 +21,97 @@ from bluesky_ptycho.io.frames import FrameRef
 from bluesky_ptycho.plugins.stage import DerivedRun, Stage
 
 
-def clean_remote(
-    preprocessor: Preprocessor, frames: np.ndarray | list[FrameRef]
-) -> tuple[list[str], CleanedBatch | str | None]:
-    """What a Dask worker runs: one batch through the nine steps.
-
-    *frames* are raw frames already checked (stacked), or references to
-    frames in the detector's files, which the worker reads and checks itself.
-    Returns each frame's problem ("" when fine) and the cleaned batch of the
-    fine ones (frames on the host), or why cleaning failed.
-    """
-    if isinstance(frames, np.ndarray):
-        problems, raw = [""] * len(frames), frames
-    else:
-        raw = np.empty((len(frames), *fccd.RAW_SHAPE), np.uint16)  # read straight into it
-        problems = []
-        for k, ref in enumerate(frames):
-            try:
-                ref.read_into(raw[k])
-            except (OSError, KeyError, IndexError, TypeError, ValueError) as err:
-                problems.append(f"could not read the frame: {err}")
-                continue
-            problems.append(frame_problem(raw[k], fccd.RAW_SHAPE))
-        if any(problems):
-            raw = raw[[not p for p in problems]]
-    if not len(raw):
-        return problems, None
-    try:
-        out = preprocessor(raw)
-    except ValueError as err:
-        return problems, f"cleaning failed: {err}"
-    return problems, replace(out, frames=to_numpy(out.frames))
-
-
 @dataclass
 class _Batch:
     """A batch out on the workers: its items, each one's problem found here ("" when sent),
-    and what is sent (raw frames, or where they lie in the detector's files)."""
+    what is sent (raw frames, or where they lie in the detector's files), and the call
+    cleaning it (its actor's worker, the call's future)."""
 
     items: list
     problems: list[str]
     payload: np.ndarray | list[FrameRef] | None
     future: Any = None
+    worker: str = ""
+    sent_at: float = 0.0
     sent: int = 0  # times sent again after a failure on the workers
+
+
+def _faults() -> int:
+    """Page faults of the calling thread so far (0 where the system does not count them)."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+class CleaningActor:
+    """The cleaning of one run on one Dask worker: a Dask actor, made once per worker and run.
+
+    It keeps what a batch needs between batches — the run's
+    :class:`~bluesky_ptycho.core.clean.Preprocessor` (sent once, not with every batch), a
+    raw-frame buffer the frames are read straight into, and the files' checked, open
+    datasets — so a batch costs its reads and its cleaning, and a call is one message
+    each way between the back-end and the worker (no task through the scheduler;
+    docs/decisions/0009-cleaning-actors.md). Calls run one at a time on the worker's actor
+    thread, in the order they were sent.
+    """
+
+    def __init__(self, preprocessor: Preprocessor) -> None:
+        self.preprocessor = preprocessor
+        self._raw = np.empty((0, *fccd.RAW_SHAPE), np.uint16)
+
+    def clean(
+        self, frames: np.ndarray | list[FrameRef]
+    ) -> tuple[list[str], CleanedBatch | str | None, dict[str, float]]:
+        """One batch through the nine steps.
+
+        *frames* are raw frames already checked (stacked), or references to frames in the
+        detector's files, which are read here into the actor's buffer and checked. Returns
+        each frame's problem ("" when fine), the cleaned batch of the fine ones (or why
+        cleaning failed), and what the call cost on the worker: ``read_s`` and ``clean_s``
+        (CPU seconds of the actor's thread), ``wall_s``.
+        """
+        t0, c0, f0 = time.perf_counter(), time.thread_time(), _faults()
+        if isinstance(frames, np.ndarray):
+            problems, raw = [""] * len(frames), frames
+        else:
+            raw = self._buffer(len(frames))
+            region = self.preprocessor.region
+            # the rows the cleaning reads (the crop's channels and their overscan), not the
+            # whole frame: the rest of the buffer is never looked at
+            lo, hi = region.raw_rows if region is not None else (0, fccd.RAW_SHAPE[0])
+            problems, k = [], 0
+            for ref in frames:
+                try:
+                    ref.read_into(raw[k], (lo, hi))
+                except (OSError, KeyError, IndexError, TypeError, ValueError) as err:
+                    problems.append(f"could not read the frame: {err}")
+                    continue
+                part = raw[k, lo:hi]
+                problems.append(
+                    ""
+                    if part.reshape(-1)[::1009].any() or part.any()
+                    else "all zeros (the frame was lost on its way)"
+                )
+                if not problems[-1]:
+                    k += 1  # a bad frame's slot is read over by the next one
+            raw = raw[:k]
+        c1 = time.thread_time()
+        out: CleanedBatch | str | None = None
+        if len(raw):
+            try:
+                out = self.preprocessor(raw)
+            except ValueError as err:
+                out = f"cleaning failed: {err}"
+        c2 = time.thread_time()
+        return problems, out, {"read_s": c1 - c0, "clean_s": c2 - c1,
+                               "wall_s": time.perf_counter() - t0,
+                               "faults": _faults() - f0}  # fmt: skip
+
+    def _buffer(self, n: int) -> np.ndarray:
+        if len(self._raw) < n:
+            self._raw = np.empty((n, *fccd.RAW_SHAPE), np.uint16)
+        return self._raw
 
 
 class FrameCleaner(Stage):
@@ -78,13 +127,16 @@ class FrameCleaner(Stage):
     zero weight and a rescan can retake them.
 
     With ``where = "dask"`` in the pipeline file (:meth:`distribute`) the
-    batches are cleaned on Dask workers, several at once; results are
-    emitted in the order the frames came, at most ``max_in_flight`` frames
-    are out at once, and a batch whose worker died is sent again (Dask
-    re-runs it, and a batch that failed anyway is sent again up to
+    batches are cleaned on Dask workers, several at once, by one
+    :class:`CleaningActor` per worker made for the run (it keeps the
+    preprocessor and its buffers); each batch goes to the worker with the
+    fewest frames out. Results are emitted in the order the frames came, at
+    most ``max_in_flight`` frames are out at once, and a batch whose worker
+    died is sent again to another (a new actor is made on the worker the
+    nanny starts in its place; a batch that fails anyway is sent again up to
     ``RESEND`` times before its frames are flagged), so each frame comes out
-    exactly once. The first batch is cleaned here: it fixes
-    the pattern centre every worker then uses.
+    exactly once. The first batch is cleaned here: it fixes the pattern
+    centre every worker then uses.
 
     The geometry (gain, crop, output size, beamstop) comes from the run's
     ``"ptycho"`` metadata; keyword arguments override any
@@ -148,7 +200,12 @@ class FrameCleaner(Stage):
         self.max_in_flight = 0
         self.redone = 0
         self._in_flight: deque[_Batch] = deque()
-        self._prep_future: Any = None
+        self._actors: dict[str, tuple[Any, Any]] = {}  # worker → (its actor's future, actor)
+        self._actors_checked = 0.0
+        #: what the workers reported spending on this run's batches (CPU s of reading and of
+        #: cleaning, wall s of the calls) and how many frames they cleaned
+        self.worker_time = {"read_s": 0.0, "clean_s": 0.0, "wall_s": 0.0, "faults": 0,
+                            "frames": 0, "calls": 0}  # fmt: skip
         super().__init__()
 
     def distribute(self, client: Any, max_in_flight: int = 64) -> None:
@@ -279,32 +336,73 @@ class FrameCleaner(Stage):
             self._dark = {"n_frames": 0}
             self._make_preprocessor()
         if not self._ready and not self._in_flight:
-            self._prep_future = None
+            self._release_actors()
             self._out.stop()
             self.close()
 
     # -- on Dask workers ------------------------------------------------------------------
-    def _submit(self, payload: np.ndarray | list[FrameRef]) -> Any:
-        """The future of one batch cleaned on a worker; None when the workers cannot be
-        reached this moment (one just died): :meth:`_collect` sends it again."""
-        try:
-            if self._prep_future is None:
-                self._prep_future = self.client.scatter(
-                    self.preprocessor, broadcast=True, hash=False
+    #: seconds a call may wait before the back-end checks that its worker is still there
+    CHECK_AFTER_S = 5.0
+
+    def _update_actors(self) -> None:
+        """An actor on every worker the scheduler knows (one per worker: those of workers that
+        left are forgotten, workers that came get one), made with this run's preprocessor."""
+        workers = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        for gone in set(self._actors) - workers:
+            self._drop_actor(gone)
+        new = {}
+        for w in sorted(workers - set(self._actors)):
+            try:
+                prep = self.client.scatter(self.preprocessor, workers=[w], direct=True, hash=False)
+                new[w] = self.client.submit(
+                    CleaningActor, prep, actor=True, workers=[w], allow_other_workers=False,
+                    pure=False,
+                )  # fmt: skip
+            except Exception as err:  # the worker went away meanwhile
+                self.log.warning("no cleaning actor on %s (%s: %s)", w, type(err).__name__, err)
+        for w, future in new.items():
+            try:
+                self._actors[w] = (future, future.result(timeout=60))
+            except Exception as err:
+                self.log.warning("no cleaning actor on %s (%s: %s)", w, type(err).__name__, err)
+        self._actors_checked = time.monotonic()
+
+    def _drop_actor(self, worker: str) -> None:
+        got = self._actors.pop(worker, None)
+        if got is not None:
+            try:
+                got[0].release()
+            except Exception:  # the worker and its actor are gone already
+                pass
+
+    def _release_actors(self) -> None:
+        for w in list(self._actors):
+            self._drop_actor(w)
+
+    def _send(self, batch: _Batch) -> bool:
+        """Send *batch* to the worker with the fewest frames out; False when no worker can
+        take it this moment (one just died: :meth:`_collect` tries again)."""
+        if not self._actors or time.monotonic() - self._actors_checked > self.CHECK_AFTER_S:
+            try:
+                self._update_actors()
+            except Exception as err:  # the scheduler itself is unreachable
+                self.log.warning(
+                    "cannot reach the Dask scheduler (%s: %s)", type(err).__name__, err
                 )
-            if isinstance(payload, np.ndarray):
-                # straight to a worker (3× the rate of sending it with the task via the
-                # scheduler)
-                payload = self.client.scatter(payload, direct=True, hash=False)
-            return self.client.submit(clean_remote, self._prep_future, payload, pure=False)
-        except Exception as err:  # a connection to a worker that just went away
-            self.log.warning(
-                "could not send a batch to the workers (%s: %s); trying again",
-                type(err).__name__,
-                err,
-            )
-            self._prep_future = None
-            return None
+        load = dict.fromkeys(self._actors, 0)
+        for b in self._in_flight:
+            if b.future is not None and b.worker in load:
+                load[b.worker] += len(b.items)
+        for w in sorted(load, key=load.__getitem__):
+            try:
+                batch.future = self._actors[w][1].clean(batch.payload)
+            except Exception as err:  # the actor's worker was lost
+                self.log.warning("worker %s lost (%s: %s)", w, type(err).__name__, err)
+                self._drop_actor(w)
+                continue
+            batch.worker, batch.sent_at = w, time.monotonic()
+            return True
+        return False
 
     def _submit_ready(self) -> None:
         out = sum(len(b.items) for b in self._in_flight)
@@ -320,57 +418,79 @@ class FrameCleaner(Stage):
             self._in_flight.append(_Batch(batch, problems, payload))
             out += len(batch)
 
+    def _lost(self, batch: _Batch) -> bool:
+        """True when *batch*'s call cannot come back: its worker left the cluster."""
+        if time.monotonic() - batch.sent_at < self.CHECK_AFTER_S:
+            return False
+        batch.sent_at = time.monotonic()
+        try:
+            return batch.worker not in self.client.scheduler_info(n_workers=-1)["workers"]
+        except Exception:
+            return False
+
     def _collect(self) -> None:
         """Emit finished batches from the head, in order; wait a little for the head."""
-        from distributed import wait
-
         for b in self._in_flight:
-            if b.payload is not None and b.future is None:
-                b.future = self._submit(b.payload)
-                if b.future is None:
-                    time.sleep(0.1)
-                    return
+            if b.payload is not None and b.future is None and not self._send(b):
+                time.sleep(0.1)
+                return
         while self._in_flight:
             head = self._in_flight[0]
-            if head.future is not None and not head.future.done():
-                if self._ready and sum(len(b.items) for b in self._in_flight) < self.max_in_flight:
-                    return  # room to send more first
-                try:
-                    wait(head.future, timeout=0.05)
-                except TimeoutError:
-                    return
-                if not head.future.done():
-                    return
             problems, cleaned = head.problems, None
-            if head.future is not None and head.future.status != "finished":
-                # the worker went away, or Dask gave up on the task
-                err = head.future.exception() if head.future.status == "error" else None
-                why = f"{type(err).__name__}: {err}" if err else head.future.status
-                if head.sent < self.RESEND:
-                    head.sent += 1
-                    self.redone += len(head.items)
-                    self.log.warning(
-                        "batch of points %s lost on the workers (%s); sent again",
-                        [it[0] for it in head.items],
-                        why,
-                    )
-                    self._prep_future = None
-                    head.future = self._submit(head.payload)
-                    return
-                cleaned = f"cleaning failed on the workers {head.sent + 1} times: {why}"
-            elif head.future is not None:
-                remote, cleaned = head.future.result()
-                head.future.release()
-                found = iter(remote)  # the worker's verdict on the frames sent
-                problems = [p or next(found) for p in head.problems]
+            if head.future is not None:
+                if not head.future.done():
+                    if (
+                        self._ready
+                        and sum(len(b.items) for b in self._in_flight) < self.max_in_flight
+                    ):
+                        return  # room to send more first
+                    try:
+                        head.future.result(timeout=0.05)
+                    except Exception:  # not yet (a time-out), or failed: looked at below
+                        pass
+                    if not head.future.done() and not self._lost(head):
+                        return
+                try:
+                    if not head.future.done():
+                        raise OSError(f"worker {head.worker} left the cluster")
+                    remote, cleaned, spent = head.future.result()
+                except Exception as err:  # the worker died, or its actor is gone
+                    why = f"{type(err).__name__}: {err}"
+                    self._drop_actor(head.worker)
+                    if head.sent < self.RESEND:
+                        head.sent += 1
+                        self.redone += len(head.items)
+                        self.log.warning(
+                            "batch of points %s lost on the workers (%s); sent again",
+                            [it[0] for it in head.items],
+                            why,
+                        )
+                        for b in self._in_flight:  # whatever else that worker held, too
+                            if b.future is not None and b.worker == head.worker:
+                                b.future = None
+                        return
+                    cleaned = f"cleaning failed on the workers {head.sent + 1} times: {why}"
+                else:
+                    found = iter(remote)  # the worker's verdict on the frames sent
+                    problems = [p or next(found) for p in head.problems]
+                    for k in ("read_s", "clean_s", "wall_s", "faults"):
+                        self.worker_time[k] += spent[k]
+                    self.worker_time["frames"] += len(head.items)
+                    self.worker_time["calls"] += 1
             self._in_flight.popleft()
             self._emit_batch(head.items, problems, cleaned)
 
-    def on_abort(self) -> None:
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st["cleaned"], st["flagged"] = self.n_cleaned, self.n_flagged
         if self.client is not None:
-            self.client.cancel([b.future for b in self._in_flight if b.future is not None])
+            st["workers"] = {"actors": len(self._actors), "redone": self.redone, **self.worker_time}
+        return st
+
+    def on_abort(self) -> None:
         self._in_flight.clear()
         self._ready = []
+        self._release_actors()
 
     def _emit_flagged(self, items: list, why: str) -> None:
         assert self.settings is not None and self._out is not None

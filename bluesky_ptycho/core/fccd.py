@@ -238,6 +238,15 @@ class RawRegion:
         return (N_HALVES, self.n_channels, self.rows[1] - self.rows[0], CLOCKED_COLUMNS)
 
     @property
+    def raw_rows(self) -> tuple[int, int]:
+        """Rows ``lo:hi`` of the raw frame (its first axis) that hold every sample the region
+        needs, overscan included: both halves' channels in one range, so a frame's part
+        the cleaning uses is read as one piece."""
+        lo = min(self.first_channel) * CLOCKED_COLUMNS
+        hi = (max(self.first_channel) + self.n_channels) * CLOCKED_COLUMNS
+        return lo, hi
+
+    @property
     def channels(self) -> np.ndarray:
         """Global channel numbers ``(2, n_channels)`` (``half * 96 + local``)."""
         return np.stack(

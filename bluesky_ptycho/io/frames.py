@@ -42,6 +42,7 @@ def confine_reads(roots: list[str | os.PathLike] | None) -> None:
     (:func:`refused_reads`) and logged; the file is never opened."""
     global _ROOTS
     _ROOTS = None if roots is None else tuple(Path(r).resolve() for r in roots)
+    _CHECKED.clear()
 
 
 def refused_reads() -> int:
@@ -49,11 +50,21 @@ def refused_reads() -> int:
     return _REFUSED
 
 
+# Files already checked against the data roots (name as given → resolved path): a file's
+# check is made once, not at every frame; confine_reads clears it. Bounded: a peer naming
+# many files only makes it start over.
+_CHECKED: dict[str, Path] = {}
+_MAX_CHECKED = 1024
+
+
 def checked_path(uri_or_path: str) -> Path:
     """The file a frame reference names, resolved, if frames may be read from it."""
     global _REFUSED
     if not isinstance(uri_or_path, str) or not uri_or_path:
         raise FrameAccessError(f"frame file {uri_or_path!r:.80} is not a path or file:// URI")
+    known = _CHECKED.get(uri_or_path)
+    if known is not None:
+        return known
     path = _path_from_uri(uri_or_path)
     resolved = Path(os.path.realpath(path))
     if _ROOTS is not None and not any(resolved.is_relative_to(r) for r in _ROOTS):
@@ -66,6 +77,9 @@ def checked_path(uri_or_path: str) -> Path:
         raise FrameAccessError(
             f"frame file {resolved} lies outside the data roots {[str(r) for r in _ROOTS]}"
         )
+    if len(_CHECKED) >= _MAX_CHECKED:
+        _CHECKED.clear()
+    _CHECKED[uri_or_path] = resolved
     return resolved
 
 
@@ -77,6 +91,13 @@ _OPEN_WRITERS: dict[str, FrameFileWriter] = {}
 # Files this process reads (SWMR, most recently used last), at most _MAX_READERS open.
 _READERS: dict[str, h5py.File] = {}
 _MAX_READERS = 8
+# Datasets of the open files, checked once (file, dataset path) → dataset.
+_DATASETS: dict[tuple[str, str], h5py.Dataset] = {}
+# Datasets whose frames lie in the file as plain bytes (one unfiltered chunk a frame, or a
+# contiguous layout, native byte order): (file, dataset path) → True/False; and the files'
+# descriptors for reading such frames with one pread.
+_PLAIN: dict[tuple[str, str], bool] = {}
+_FDS: dict[str, int] = {}
 
 
 class FrameFileWriter:
@@ -195,35 +216,141 @@ def read_frames(
                 return frames
             out[...] = frames
             return out
-        f = _READERS.pop(path, None)  # kept open: opening costs more than reading a frame
-        if f is None or not f.id.valid:
-            f = h5py.File(path, "r", swmr=True)
-        _READERS[path] = f
-        while len(_READERS) > _MAX_READERS:
-            _READERS.pop(next(iter(_READERS))).close()
-        ds = f.get(dataset)
-        if not isinstance(ds, h5py.Dataset):
-            raise KeyError(f"{path} has no dataset {dataset}")
-        if ds.is_virtual or ds.external or os.path.realpath(ds.file.filename) != path:
-            raise FrameAccessError(
-                f"{path}:{dataset} keeps its data in other files (virtual, external or linked): "
-                "refused"
-            )
-        nbytes = (stop - start) * ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.float64))
-        if ds.ndim < 1 or nbytes > MAX_READ_BYTES:
-            raise ValueError(
-                f"{path}:{dataset}: frames {start}:{stop} ({nbytes / 2**20:.0f} MiB) are more "
-                f"than one read may take ({MAX_READ_BYTES / 2**20:.0f} MiB)"
-            )
+        ds = _dataset(path, dataset)
         if stop > ds.shape[0]:
             ds.refresh()
         if stop > ds.shape[0]:
             raise IndexError(
                 f"{path}:{dataset} holds {ds.shape[0]} frames; frames {start}:{stop} asked for"
             )
+        frame_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.float64))
+        if (stop - start) * frame_bytes > MAX_READ_BYTES:
+            raise ValueError(
+                f"{path}:{dataset}: frames {start}:{stop} "
+                f"({(stop - start) * frame_bytes / 2**20:.0f} MiB) are more than one read may "
+                f"take ({MAX_READ_BYTES / 2**20:.0f} MiB)"
+            )
         if out is None:
             return ds[start:stop]
         ds.read_direct(out, np.s_[start:stop])
+        return out
+
+
+def _dataset(path: str, dataset: str) -> h5py.Dataset:
+    """The dataset *dataset* of the file at *path* (resolved and checked), opened and judged
+    once while its file stays open: one that keeps its data in other files is refused.
+    Call with ``_H5_LOCK`` held."""
+    f = _READERS.pop(path, None)  # kept open: opening costs more than reading a frame
+    if f is None or not f.id.valid:
+        _forget(path)
+        f = h5py.File(path, "r", swmr=True)
+    _READERS[path] = f
+    while len(_READERS) > _MAX_READERS:
+        old_path = next(iter(_READERS))
+        _forget(old_path)
+        _READERS.pop(old_path).close()
+    ds = _DATASETS.get((path, dataset))
+    if ds is not None:
+        return ds
+    ds = f.get(dataset)
+    if not isinstance(ds, h5py.Dataset):
+        raise KeyError(f"{path} has no dataset {dataset}")
+    if ds.is_virtual or ds.external or os.path.realpath(ds.file.filename) != path:
+        raise FrameAccessError(
+            f"{path}:{dataset} keeps its data in other files (virtual, external or linked): refused"
+        )
+    if ds.ndim < 1:
+        raise ValueError(f"{path}:{dataset} is a scalar, not frames")
+    _DATASETS[(path, dataset)] = ds
+    return ds
+
+
+def _forget(path: str) -> None:
+    """Drop what is known of a file's datasets (it is being closed, or was)."""
+    for key in [k for k in _DATASETS if k[0] == path]:
+        del _DATASETS[key]
+        _PLAIN.pop(key, None)
+    fd = _FDS.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _plain(path: str, dataset: str, ds: h5py.Dataset) -> bool:
+    """True when *ds* keeps each frame as plain bytes in its file: unfiltered chunks of one
+    frame each, or a contiguous layout; native byte order."""
+    key = (path, dataset)
+    known = _PLAIN.get(key)
+    if known is None:
+        frame = tuple(ds.shape[1:])
+        known = bool(
+            ds.dtype.isnative
+            and ds.id.get_create_plist().get_nfilters() == 0
+            and (ds.chunks is None or tuple(ds.chunks) == (1, *frame))
+        )
+        _PLAIN[key] = known
+    return known
+
+
+def read_frame_into(
+    uri_or_path: str,
+    dataset: str,
+    index: int,
+    out: np.ndarray,
+    rows: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Frame *index* of *dataset* read into *out* (one frame's shape and dtype), or, with
+    ``rows=(lo, hi)``, only its rows ``lo:hi`` (first axis) into ``out[lo:hi]``, the rest of
+    *out* left as it was: what a consumer that needs part of the frame reads.
+
+    Where the file keeps the frame as plain bytes (an unfiltered chunk of one frame, or a
+    contiguous dataset), those bytes are read straight into *out* with one ``pread`` at the
+    offset HDF5's own index gives (the rows asked for are one contiguous range of them);
+    otherwise HDF5 reads them. The file is checked as :func:`read_frames` checks it.
+    """
+    if not isinstance(dataset, str) or not dataset.startswith("/"):
+        raise ValueError(f"dataset {dataset!r:.80} is not an absolute HDF5 path")
+    if type(index) is not int or index < 0:
+        raise ValueError(f"frame index {index!r:.20} is not a frame's index")
+    path = str(checked_path(uri_or_path))
+    with _H5_LOCK:
+        writer = _OPEN_WRITERS.get(path)
+        if writer is not None and dataset == DATASET:
+            frame = writer.read(index, index + 1)[0]
+            lo, hi = rows or (0, frame.shape[0])
+            out[lo:hi] = frame[lo:hi]
+            return out
+        ds = _dataset(path, dataset)
+        if index >= ds.shape[0]:
+            ds.refresh()
+        if index >= ds.shape[0]:
+            raise IndexError(
+                f"{path}:{dataset} holds {ds.shape[0]} frames; frame {index} asked for"
+            )
+        if out.shape != ds.shape[1:]:
+            raise ValueError(f"{path}:{dataset}: a frame is {ds.shape[1:]}, the buffer {out.shape}")
+        lo, hi = rows or (0, ds.shape[1])
+        if not 0 <= lo <= hi <= ds.shape[1]:
+            raise ValueError(f"rows {lo}:{hi} of frames of {ds.shape[1]} rows")
+        row_bytes = out[0].nbytes if out.ndim > 1 else out.itemsize
+        offset = None
+        if _plain(path, dataset, ds) and out.flags.c_contiguous and out.dtype == ds.dtype:
+            if ds.chunks is None:
+                start = ds.id.get_offset()
+                offset = None if start is None else start + index * out.nbytes
+            else:
+                info = ds.id.get_chunk_info_by_coord((index,) + (0,) * (ds.ndim - 1))
+                if info.byte_offset is not None and info.size == out.nbytes:
+                    offset = info.byte_offset
+        if offset is None:  # not plain bytes (or not written yet): HDF5 reads (and converts)
+            ds.read_direct(out, np.s_[index, lo:hi], np.s_[lo:hi])
+            return out
+        fd = _FDS.get(path)
+        if fd is None:
+            fd = _FDS[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        want = (hi - lo) * row_bytes
+        got = os.preadv(fd, [out[lo:hi].data.cast("B")], offset + lo * row_bytes)
+        if got != want:
+            raise OSError(f"{path}: frame {index}: {got} of {want} bytes read")
         return out
 
 
@@ -251,9 +378,10 @@ class FrameRef(NamedTuple):
     def read(self) -> np.ndarray:
         return read_frames(self.uri, self.dataset, self.index, self.index + 1)[0]
 
-    def read_into(self, out: np.ndarray) -> None:
-        """Read the frame into *out* (one frame's shape), with no temporary copy."""
-        read_frames(self.uri, self.dataset, self.index, self.index + 1, out=out[None])
+    def read_into(self, out: np.ndarray, rows: tuple[int, int] | None = None) -> None:
+        """Read the frame into *out* (one frame's shape and dtype), with no temporary copy;
+        with *rows*, only those rows of it (:func:`read_frame_into`)."""
+        read_frame_into(self.uri, self.dataset, self.index, out, rows)
 
 
 class StreamFrameReader:

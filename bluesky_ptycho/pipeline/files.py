@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from bluesky_ptycho.plugins import available_stages, load_stage
+from bluesky_ptycho.plugins.stage import RAW
 
 DEFAULT = Path(__file__).with_name("default.toml")
 #: the back-end's default: frame cleaning spread over Dask workers
 BACKEND = Path(__file__).with_name("backend.toml")
 #: what `bluesky-ptycho raw2cxi` runs: cleaning and the probe estimate, no reconstruction
 RAW2CXI = Path(__file__).with_name("raw2cxi.toml")
-RAW = "raw"
 RAW_OUTPUTS = ("raw/primary", "raw/dark")
 WHERE = ("process", "dask")
 DEVICES = ("cpu", "gpu")

@@ -143,6 +143,7 @@ class Pipeline:
         self._subscribers: list[Callback] = []
         self._new_run = threading.Condition()
         self.router = RunRouter([self._factory])
+        self._workers_seen: tuple[float, dict[str, Any]] = (-1e9, {})
 
     def __call__(self, name: str, doc: dict) -> Any:
         out = self.router(name, doc)
@@ -250,8 +251,18 @@ class Pipeline:
             },
             "params": {k: s.params for k, s in self.spec.stages.items()},
             "device": self.spec.device,
-            "workers": _workers(self.client),
+            "workers": self._workers(),
         }
+
+    def _workers(self, max_age: float = 1.0) -> dict[str, Any]:
+        """:func:`_workers`, asked of the workers at most once every *max_age* seconds (a
+        status polled often would otherwise keep every worker busy answering)."""
+        when, answer = self._workers_seen
+        if self.client is not None and time.monotonic() - when < max_age:
+            return answer
+        answer = _workers(self.client)
+        self._workers_seen = (time.monotonic(), answer)
+        return answer
 
     def set(self, key: str, values: dict[str, Any]) -> dict[str, str]:
         """Change stage *key*'s parameters: from the next run on, and now where the
@@ -334,6 +345,7 @@ class Pipeline:
 
 
 def _workers(client: Any) -> dict[str, Any]:
+    """The Dask workers: the scheduler's address, their count, their pids."""
     if client is None:
         return {}
     import os
