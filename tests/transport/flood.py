@@ -1,6 +1,8 @@
 """A flood of start documents without stops against a back-end of its own, in a process of
 its own so that its memory is measured alone: ``python flood.py LOG_DIR WAVES``. Prints one
-JSON line with the figures that the hardening test checks."""
+JSON line with the figures that the hardening test checks: threads, the process's resident
+memory, and the memory Python and NumPy hold (tracemalloc, from the first wave on) — the
+last is what a leak grows; resident memory also moves with glibc's arenas."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import zmq
@@ -48,6 +51,7 @@ def main(logs: Path, waves: int, per_wave: int = 200) -> dict:
     push.connect(server.address)
     gc.collect()
     threads0, rss0 = threading.active_count(), rss_mb()
+    tracemalloc.start()
     figures = []
     for wave in range(waves):
         for i in range(per_wave):
@@ -61,7 +65,8 @@ def main(logs: Path, waves: int, per_wave: int = 200) -> dict:
             time.sleep(0.2)
         gc.collect()
         figures.append({"peak_threads": peak_threads, "threads": threading.active_count(),
-                        "rss_mb": round(rss_mb(), 1)})  # fmt: skip
+                        "rss_mb": round(rss_mb(), 1),
+                        "python_mb": round(tracemalloc.get_traced_memory()[0] / 2**20, 2)})  # fmt: skip
     result = {"threads_before": threads0, "rss_before_mb": round(rss0, 1), "waves": figures,
               "counters": dict(server.counters), "still_seen": len(server._seen),
               "active": bool(pipe.active()), "open": len(pipe._open),

@@ -240,10 +240,12 @@ def test_a_flood_of_runs_without_stops_is_capped_and_closed_with_threads_and_mem
     assert r["still_seen"] == 0 and not r["active"] and r["open"] == 0
     assert all(w["threads"] <= r["threads_before"] + 2 for w in waves)
     assert all(w["peak_threads"] < r["threads_before"] + 60 for w in waves)  # not 1,231
-    # glibc's arenas make single readings jump by tens of MB and fall back; a leak (the flood
-    # once kept 30 MB per run: 6 GB for 200) shows in the lowest of the later readings.
-    assert min(w["rss_mb"] for w in waves[1:]) - waves[0]["rss_mb"] < 40
-    assert max(w["rss_mb"] for w in waves) - r["rss_before_mb"] < 300
+    # what Python and NumPy hold (tracemalloc) stays flat: measured 0.70 -> 0.84 MB over six
+    # waves (1,200 runs); the flood once kept 30 MB per run (6 GB for 200). Resident memory
+    # also moves with glibc's arenas (89 -> 142 MB in the same run, 89 -> 309 MB once on a
+    # loaded machine), so it is only held to "not gigabytes".
+    assert waves[-1]["python_mb"] - waves[0]["python_mb"] < 5
+    assert max(w["rss_mb"] for w in waves) - r["rss_before_mb"] < 600
     assert r["stop_exit_statuses"] == ["fail"]
     files = sorted(logs.glob("*.log"))
     assert len(files) == 16
