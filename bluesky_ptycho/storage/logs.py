@@ -15,12 +15,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bluesky_ptycho.threads import current_run
 
 ROOT = "bluesky_ptycho"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (IPython, pytest and Jupyter
+    swap it; a handler that kept the stream of its creation would write to a closed file)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def console(level: int = logging.WARNING) -> logging.Handler:
@@ -30,7 +43,7 @@ def console(level: int = logging.WARNING) -> logging.Handler:
         if getattr(h, "_ptycho_console", False):
             h.setLevel(level)
             return h
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setLevel(level)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler._ptycho_console = True  # type: ignore[attr-defined]
