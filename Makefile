@@ -20,13 +20,14 @@ demo: $(STAMP)
 # xvfb-run is installed (.ci/run installs it; README: set-up); without it they skip and say so.
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo 'env QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1280x1024x24"')
 
-# Lint, format, layers, then the suite.
+# Lint, format, layers, types, then the suite.
 CHECKED := bluesky_ptycho tests benchmarks profiles
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED)
 	$(BIN)/ruff format --check $(CHECKED)
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: lint
 	$(XVFB) $(BIN)/python -m pytest

@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from event_model import unpack_event_page
+from event_model.documents import EventPage
 
 from bluesky_ptycho.devices.gate import QualityGate
 
@@ -77,7 +78,11 @@ class QualityFeedback:
     # -- documents ------------------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:
         events = (
-            [doc] if name == "event" else unpack_event_page(doc) if name == "event_page" else []
+            [doc]
+            if name == "event"
+            else unpack_event_page(cast(EventPage, doc))
+            if name == "event_page"
+            else []
         )
         for ev in events:
             if "ok" in ev["data"] and "consecutive_bad" in ev["data"]:

@@ -104,11 +104,15 @@ def ptycho_scan(
                 "give the profile's fccd, stage and shutter (or their EPICS counterparts)"
             )
     require_connected(detector, stage, shutter)
+    # What the metadata reads of the devices (ophyd's components, the detector's geometry) is
+    # more than the protocols say: beyond them the devices are plain objects.
+    det: Any = detector
+    stg: Any = stage
     pts = _validated_positions(
         detector, stage, num_points, step, pattern, num_darks, center, positions, energy
     )
-    detector.check_configured()
-    g = detector.geometry()
+    det.check_configured()
+    g = det.geometry()
     e = float(energy) if energy is not None else g.energy_ev
     ptycho_md = {
         "energy_ev": e,
@@ -116,24 +120,24 @@ def ptycho_scan(
         "pixel_size_m": g.pixel_size_m,
         "crop_px": g.crop_px,
         "frame_px": g.frame_px,
-        "adu_per_photon": float(detector.adu_per_photon.get()),
-        "acquire_time_s": float(detector.acquire_time.get()),
+        "adu_per_photon": float(det.adu_per_photon.get()),
+        "acquire_time_s": float(det.acquire_time.get()),
         "pattern": "explicit" if positions is not None else pattern,
         "step_m": float(step),
         "num_points": len(pts),
         "num_darks": int(num_darks),
         "positions_m": pts.tolist(),
-        "detector": detector.name,
-        "image_key": detector.image_key,
-        "x_key": stage.x.name,
-        "y_key": stage.y.name,
-        "x_units": axis_units(stage.x),
-        "y_units": axis_units(stage.y),
-        "point_key": stage.point.name,
-        "zone_plate": detector.zone_plate().as_dict(),
+        "detector": det.name,
+        "image_key": det.image_key,
+        "x_key": stg.x.name,
+        "y_key": stg.y.name,
+        "x_units": axis_units(stg.x),
+        "y_units": axis_units(stg.y),
+        "point_key": stg.point.name,
+        "zone_plate": det.zone_plate().as_dict(),
     }
     if hasattr(detector, "beamstop"):
-        ptycho_md["beamstop"] = detector.beamstop().as_dict()  # refuses a bad beamstop now
+        ptycho_md["beamstop"] = det.beamstop().as_dict()  # refuses a bad beamstop now
     _md = {
         "plan_name": "ptycho_scan",
         "plan_args": {
@@ -142,11 +146,11 @@ def ptycho_scan(
             "pattern": ptycho_md["pattern"],
             "num_darks": num_darks,
         },
-        "detectors": [detector.name],
-        "motors": [stage.x.name, stage.y.name],
+        "detectors": [det.name],
+        "motors": [stg.x.name, stg.y.name],
         "num_points": len(pts),
         "num_intervals": len(pts) - 1,
-        "hints": {"dimensions": [([stage.x.name], "primary"), ([stage.y.name], "primary")]},
+        "hints": {"dimensions": [([stg.x.name], "primary"), ([stg.y.name], "primary")]},
         "ptycho": ptycho_md,
         **(md or {}),
     }
@@ -178,7 +182,7 @@ def ptycho_scan(
 ptycho_scan._is_plan_ = True  # type: ignore[attr-defined]
 
 
-def _measure(detector, stage, k, x, y):  # type: ignore[no-untyped-def]
+def _measure(detector, stage, k, x, y):
     """Move to (x, y) in m (sent in the motors' units) and take one frame with the readbacks."""
     sx, sy = axis_scale_m(stage.x), axis_scale_m(stage.y)
     yield from bps.checkpoint()
@@ -186,7 +190,7 @@ def _measure(detector, stage, k, x, y):  # type: ignore[no-untyped-def]
     yield from bps.trigger_and_read([detector, stage.x, stage.y, stage.point], name="primary")
 
 
-def _rescan_round(planner, detector, stage, batch):  # type: ignore[no-untyped-def]
+def _rescan_round(planner, detector, stage, batch):
     """One bluesky-adaptive optimize_step in the open run; the number of points measured."""
     from bluesky_adaptive.plans import optimize_step
     from bluesky_adaptive.protocols import OptimizationProblem
@@ -204,7 +208,7 @@ def _rescan_round(planner, detector, stage, batch):  # type: ignore[no-untyped-d
     return len(suggestions)
 
 
-def _wait_settled(planner, seconds):  # type: ignore[no-untyped-def]
+def _wait_settled(planner, seconds):
     """Sleep (the RunEngine stays responsive) until the planner has its verdicts."""
     waited = 0.0
     while not getattr(planner, "settled", True) and waited < seconds:
@@ -212,11 +216,11 @@ def _wait_settled(planner, seconds):  # type: ignore[no-untyped-def]
         waited += 0.2
 
 
-def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # type: ignore[no-untyped-def]
+def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):
     planner, every, rounds, batch, wait = rescans
 
     @bpp.run_decorator(md=md)
-    def inner():  # type: ignore[no-untyped-def]
+    def inner():
         if energy is not None:
             yield from bps.mv(detector.energy, float(energy))
         yield from bps.mv(shutter, "closed")
@@ -237,7 +241,7 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # typ
         yield from bps.unstage(detector)
         return md
 
-    def cleanup():  # type: ignore[no-untyped-def]
+    def cleanup():
         try:
             yield from bps.mv(shutter, "closed")
         except Exception as err:  # the IOC went away: say so, and still close the file
@@ -250,7 +254,7 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):  # typ
 
 def _validated_positions(
     detector, stage, num_points, step, pattern, num_darks, center, positions, energy
-) -> np.ndarray:  # type: ignore[no-untyped-def]
+) -> np.ndarray:
     if energy is not None and not (isinstance(energy, int | float) and energy > 0):
         raise ValueError(f"ptycho_scan: energy={energy!r} must be a positive photon energy in eV")
     if not isinstance(num_darks, int | np.integer) or num_darks < 1:

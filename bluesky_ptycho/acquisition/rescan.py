@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from bluesky import plan_stubs as bps
 from event_model import unpack_event_page
+from event_model.documents import EventPage
 
 from bluesky_ptycho.devices.stage import axis_scale_m
 
@@ -98,7 +99,7 @@ class RescanPlanner:
             elif name == "event":
                 self._event(doc)
             elif name == "event_page":
-                for ev in unpack_event_page(doc):
+                for ev in unpack_event_page(cast(EventPage, doc)):
                     self._event(ev)
 
     def _start(self, doc: dict) -> None:

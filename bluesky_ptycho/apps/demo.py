@@ -7,8 +7,10 @@ the checks run the same code.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -17,6 +19,9 @@ from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.storage.catalog import Catalog
 from bluesky_ptycho.storage.guard import SpoolGuard
+
+if TYPE_CHECKING:
+    from bluesky_ptycho.callbacks.reconstruct import ReconstructionResult
 
 
 @dataclass
@@ -100,7 +105,7 @@ def run_demo(
         fccd, stage, shutter, num_points=num_points, step=step, pattern=pattern, num_darks=num_darks
     )
     t0 = time.perf_counter()
-    (uid,) = RE(plan)
+    (uid,) = cast(tuple[str, ...], RE(plan))  # (not call_returns_result: the runs' uids)
     t_scan = time.perf_counter() - t0
     run = pipe.wait(uid, timeout=600)
     t_done = time.perf_counter() - t0
@@ -203,7 +208,7 @@ class _Progress:
         elif name == "event" and doc["descriptor"] in self._primary:
             self.bar.update(1)
 
-    def derived(self, name: str, doc: dict) -> None:
+    def derived(self, name: str, doc: Mapping[str, Any]) -> None:
         if name == "descriptor" and doc.get("name") == "iteration":
             self._iteration.add(doc["uid"])
         elif name == "event" and doc["descriptor"] in self._iteration:
@@ -218,7 +223,9 @@ class _Progress:
         self.bar.close()
 
 
-def _figure(path: Path, r, truth: np.ndarray, region: np.ndarray, err: float) -> Path:  # type: ignore[no-untyped-def]
+def _figure(
+    path: Path, r: ReconstructionResult, truth: np.ndarray, region: np.ndarray, err: float
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

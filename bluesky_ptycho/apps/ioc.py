@@ -124,6 +124,9 @@ class MotorModel:
         return self.nominal <= lo and self.target < lo, self.nominal >= hi and self.target > hi
 
 
+# caproto's pvproperty decorators (putter, startup) hand back the property, which takes its
+# name again, as property.setter does; mypy allows that of property alone, hence the
+# "type: ignore[no-redef]" on each.
 class MotorAxis(PVGroup):
     """One motor record (caproto's motor record fields) driven by a :class:`MotorModel`."""
 
@@ -138,7 +141,7 @@ class MotorAxis(PVGroup):
         self.egu = egu
         self._new_move: asyncio.Event | None = None  # made on the server's loop, at startup
 
-    @motor.putter
+    @motor.putter  # type: ignore[no-redef]
     async def motor(self, instance: Any, value: float) -> float:
         lo, hi = self.soft_limits
         if not lo <= value <= hi:
@@ -195,6 +198,7 @@ class MotorAxis(PVGroup):
     async def _loop(self, instance: Any) -> None:
         f = instance.field_inst
         m = self.model
+        assert self._new_move is not None  # (made at startup, before the loop)
         idle_dt, move_dt = 0.1, 0.02
         last = time.monotonic()
         while True:
@@ -217,6 +221,7 @@ class MotorAxis(PVGroup):
     async def _move(self, instance: Any, dt: float) -> None:
         f = instance.field_inst
         m = self.model
+        assert self._new_move is not None
         await f.stop.write(0)
         await f.done_moving_to_value.write(0)
         await f.motor_is_moving.write(1)
@@ -268,7 +273,7 @@ class ShutterPV(PVGroup):
     )
     move_time = 0.02
 
-    @state.putter
+    @state.putter  # type: ignore[no-redef]
     async def state(self, instance: Any, value: Any) -> Any:
         async def settle() -> None:
             await asyncio.sleep(self.move_time)
@@ -354,44 +359,44 @@ class HDF5Plugin(PVGroup):
         self._pending = 0
 
     # the setting PVs and their readbacks
-    @file_path.putter
+    @file_path.putter  # type: ignore[no-redef]
     async def file_path(self, instance: Any, value: str) -> str:
         value = value if value.endswith("/") else value + "/"
         await self.file_path_rbv.write(value)
         await self.file_path_exists.write(int(Path(value).is_dir()))
         return value
 
-    @file_name.putter
+    @file_name.putter  # type: ignore[no-redef]
     async def file_name(self, instance: Any, value: str) -> str:
         await self.file_name_rbv.write(value)
         return value
 
-    @file_template.putter
+    @file_template.putter  # type: ignore[no-redef]
     async def file_template(self, instance: Any, value: str) -> str:
         await self.file_template_rbv.write(value)
         return value
 
-    @file_number.putter
+    @file_number.putter  # type: ignore[no-redef]
     async def file_number(self, instance: Any, value: int) -> int:
         await self.file_number_rbv.write(value)
         return value
 
-    @file_write_mode.putter
+    @file_write_mode.putter  # type: ignore[no-redef]
     async def file_write_mode(self, instance: Any, value: Any) -> Any:
         await self.file_write_mode_rbv.write(value)
         return value
 
-    @num_capture.putter
+    @num_capture.putter  # type: ignore[no-redef]
     async def num_capture(self, instance: Any, value: int) -> int:
         await self.num_capture_rbv.write(value)
         return value
 
-    @swmr_mode.putter
+    @swmr_mode.putter  # type: ignore[no-redef]
     async def swmr_mode(self, instance: Any, value: int) -> int:
         await self.swmr_mode_rbv.write(value)
         return value
 
-    @capture.putter
+    @capture.putter  # type: ignore[no-redef]
     async def capture(self, instance: Any, value: Any) -> Any:
         if _on(value, "Capture"):
             if self._writer is None and not self._capturing:
@@ -592,68 +597,68 @@ class FCCDCamera(PVGroup):
         await rbv.write(value)
         return value
 
-    @acquire_time.putter
+    @acquire_time.putter  # type: ignore[no-redef]
     async def acquire_time(self, instance: Any, value: float) -> float:
         if value <= 0:
             raise ValueError("AcquireTime must be > 0 s")
         return await self._rbv(self.acquire_time_rbv, value)
 
-    @acquire_period.putter
+    @acquire_period.putter  # type: ignore[no-redef]
     async def acquire_period(self, instance: Any, value: float) -> float:
         return await self._rbv(self.acquire_period_rbv, value)
 
-    @num_images.putter
+    @num_images.putter  # type: ignore[no-redef]
     async def num_images(self, instance: Any, value: int) -> int:
         return await self._rbv(self.num_images_rbv, value)
 
-    @image_mode.putter
+    @image_mode.putter  # type: ignore[no-redef]
     async def image_mode(self, instance: Any, value: Any) -> Any:
         return await self._rbv(self.image_mode_rbv, value)
 
-    @trigger_mode.putter
+    @trigger_mode.putter  # type: ignore[no-redef]
     async def trigger_mode(self, instance: Any, value: Any) -> Any:
         return await self._rbv(self.trigger_mode_rbv, value)
 
-    @gain_mode.putter
+    @gain_mode.putter  # type: ignore[no-redef]
     async def gain_mode(self, instance: Any, value: Any) -> Any:
         return await self._rbv(self.gain_mode_rbv, value)
 
-    @array_counter.putter
+    @array_counter.putter  # type: ignore[no-redef]
     async def array_counter(self, instance: Any, value: int) -> int:
         return await self._rbv(self.array_counter_rbv, value)
 
-    @energy.putter
+    @energy.putter  # type: ignore[no-redef]
     async def energy(self, instance: Any, value: float) -> float:
         if value <= 0:
             raise ValueError("Energy must be > 0 eV")
         await self.adu_per_photon.write(FCCDNoiseModel.for_energy(value).adu_per_photon)
         return await self._rbv(self.energy_rbv, value)
 
-    @distance.putter
+    @distance.putter  # type: ignore[no-redef]
     async def distance(self, instance: Any, value: float) -> float:
         return await self._rbv(self.distance_rbv, value)
 
-    @beamstop_row.putter
+    @beamstop_row.putter  # type: ignore[no-redef]
     async def beamstop_row(self, instance: Any, value: float) -> float:
         return await self._rbv(self.beamstop_row_rbv, value)
 
-    @beamstop_col.putter
+    @beamstop_col.putter  # type: ignore[no-redef]
     async def beamstop_col(self, instance: Any, value: float) -> float:
         return await self._rbv(self.beamstop_col_rbv, value)
 
-    @beamstop_radius.putter
+    @beamstop_radius.putter  # type: ignore[no-redef]
     async def beamstop_radius(self, instance: Any, value: float) -> float:
         return await self._rbv(self.beamstop_radius_rbv, value)
 
-    @beamstop_transmission.putter
+    @beamstop_transmission.putter  # type: ignore[no-redef]
     async def beamstop_transmission(self, instance: Any, value: float) -> float:
         return await self._rbv(self.beamstop_transmission_rbv, value)
 
-    @sim_flux.putter
+    @sim_flux.putter  # type: ignore[no-redef]
     async def sim_flux(self, instance: Any, value: float) -> float:
         return await self._rbv(self.sim_flux_rbv, value)
 
-    @acquire.putter
+    @acquire.putter  # type: ignore[no-redef]
     async def acquire(self, instance: Any, value: Any) -> Any:
         if _on(value, "Acquire"):
             if self._task is None or self._task.done():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def raw_to_cxi(
         bar = tqdm(total=n, unit="frame", desc="raw2cxi", dynamic_ncols=True)
         cleaned: set[str] = set()
 
-        def count(name: str, doc: dict) -> None:
+        def count(name: str, doc: Mapping[str, Any]) -> None:
             if name == "descriptor" and doc.get("name") == "cleaned":
                 cleaned.add(doc["uid"])
             elif name == "event" and doc["descriptor"] in cleaned:
@@ -244,7 +245,7 @@ def scan_documents(
     n_darks: int,
     metadata: dict,
     positions_m: np.ndarray,
-) -> list[tuple[str, dict]]:
+) -> list[tuple[str, Mapping[str, Any]]]:
     """The documents a RunEngine would have emitted for a scan whose frames are in *frames*
     (and *darks*): a ``dark`` and a ``primary`` stream whose frames the StreamResource and
     StreamDatum documents reference, each primary event with its point and position."""
@@ -257,10 +258,10 @@ def scan_documents(
           "num_points": n, "num_darks": n_darks}  # fmt: skip
     md.pop("measured_positions_m", None)
     bundle = compose_run(metadata={"plan_name": "raw2cxi", "scan_id": 0, "ptycho": md})
-    out: list[tuple[str, dict]] = [("start", bundle.start_doc)]
-    image = {"source": "raw2cxi", "dtype": "array", "dtype_numpy": "<u2",
+    out: list[tuple[str, Mapping[str, Any]]] = [("start", bundle.start_doc)]
+    image: dict[str, Any] = {"source": "raw2cxi", "dtype": "array", "dtype_numpy": "<u2",
              "shape": list(fccd.RAW_SHAPE), "external": "STREAM:"}  # fmt: skip
-    number = {"source": "raw2cxi", "dtype": "number", "shape": []}
+    number: dict[str, Any] = {"source": "raw2cxi", "dtype": "number", "shape": []}
     streams = [("dark", darks, n_darks, {"fccd_image": image})]
     streams.append(("primary", frames, n, {"fccd_image": image, "x": number, "y": number,
                                            "point": {**number, "dtype": "integer"}}))  # fmt: skip

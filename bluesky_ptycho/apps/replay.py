@@ -12,6 +12,7 @@ pipeline made them).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def replay(
     derived: dict[str, str] = {}
     keys: dict[str, list[str]] = {}
 
-    def note(name: str, doc: dict) -> None:
+    def note(name: str, doc: Mapping[str, Any]) -> None:
         if name == "start" and doc.get("source_run"):
             keys.setdefault(doc["stage"], []).append(doc["uid"])
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from event_model.documents import EventDescriptor, EventPage, StreamDatum, StreamResource
 
 from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.io.frames import FrameAccessError, FrameRef, StreamFrameReader
+from bluesky_ptycho.plugins.stage import metadata
 
 #: errors reading a frame from the detector's file: missing, not written yet, unreadable
 READ_ERRORS = (OSError, KeyError, IndexError)
@@ -23,8 +26,8 @@ class RawFrames:
     number.
     """
 
-    def __init__(self, start: dict, late_frame_s: float = 2.0) -> None:
-        md = start.get("ptycho") or {}
+    def __init__(self, start: Mapping[str, Any], late_frame_s: float = 2.0) -> None:
+        md = metadata(start)
         self.image_key: str = md.get("image_key", "fccd_image")
         self.x_key: str = md.get("x_key", "stage_x")
         self.y_key: str = md.get("y_key", "stage_y")
@@ -61,15 +64,15 @@ class RawFrames:
                     raise type(err)(why) from None
             time.sleep(0.05)
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: EventDescriptor) -> None:
         self.streams[doc["uid"]] = doc.get("name", "primary")
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: StreamResource) -> None:
         if doc.get("data_key") == self.image_key:
             self.reader.stream_resource(doc)
 
     def from_datum(
-        self, doc: dict, stream: str | None = None, read: bool = True
+        self, doc: StreamDatum, stream: str | None = None, read: bool = True
     ) -> tuple[str, list[int], Any] | None:
         """(stream, seq_nums, frames) of a StreamDatum of the image key, else None;
         with *stream*, None for the other streams too (their frames are not read).
@@ -88,7 +91,9 @@ class RawFrames:
         s = doc["seq_nums"]
         return name, list(range(s["start"], s["stop"])), frames
 
-    def from_event_page(self, doc: dict) -> tuple[str, list[int], list[Any] | None, dict]:
+    def from_event_page(
+        self, doc: EventPage
+    ) -> tuple[str, list[int], list[Any] | None, dict[str, list[Any]]]:
         """(stream, seq_nums, inline frames or None, data columns) of an EventPage."""
         stream = self.streams.get(doc["descriptor"], "primary")
         data = doc["data"]

@@ -9,6 +9,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from event_model.documents import (
+    EventDescriptor,
+    EventPage,
+    RunStart,
+    RunStop,
+    StreamDatum,
+    StreamResource,
+)
 
 from bluesky_ptycho.callbacks._frames import READ_ERRORS, RawFrames, frame_problem
 from bluesky_ptycho.core import fccd
@@ -18,7 +26,7 @@ from bluesky_ptycho.core.dark import DarkResult
 from bluesky_ptycho.core.geometry import Beamstop
 from bluesky_ptycho.core.params import Param, params_of
 from bluesky_ptycho.io.frames import FrameRef
-from bluesky_ptycho.plugins.stage import DerivedRun, Stage
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage, metadata
 
 
 @dataclass
@@ -221,13 +229,13 @@ class FrameCleaner(Stage):
         )
 
     # -- two inputs: the raw run and the dark statistics run ---------------------
-    def start(self, doc: dict) -> None:
+    def start(self, doc: RunStart) -> None:
         if doc.get("stage") == "dark_statistics":
             self._dark_uid = doc["uid"]
             return
         self._raw_uid = doc["uid"]
         self._raw = RawFrames(doc)
-        md = dict(doc.get("ptycho") or {})
+        md = metadata(doc)
         base = CleanSettings(
             adu_per_photon=float(md.get("adu_per_photon", 36.5)),
             crop_px=int(md.get("crop_px", 512)),
@@ -240,15 +248,15 @@ class FrameCleaner(Stage):
         )
         self._out = DerivedRun(self, doc, {"ptycho": md, "clean_settings": self.settings.as_dict()})
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: EventDescriptor) -> None:
         if doc["run_start"] == self._raw_uid and self._raw is not None:
             self._raw.descriptor(doc)
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: StreamResource) -> None:
         if self._raw is not None:
             self._raw.stream_resource(doc)
 
-    def stream_datum(self, doc: dict) -> None:
+    def stream_datum(self, doc: StreamDatum) -> None:
         if self._raw is None:
             return
         # where the frames lie; read when cleaned (here, or by the Dask workers themselves),
@@ -259,7 +267,7 @@ class FrameCleaner(Stage):
         for s, f in zip(got[1], got[2], strict=True):
             self._frames_by_seq[s] = f
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> None:  # type: ignore[override]  # None: see Stage
         if self._dark_uid is not None and self._dark is None and "mean" in doc["data"]:
             self._dark = {k: v[0] for k, v in doc["data"].items()}
             self._make_preprocessor()
@@ -301,7 +309,7 @@ class FrameCleaner(Stage):
             self.log.error("cannot clean this run: %s", err)
             self._setup_error = str(err)
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         if doc["run_start"] == self._raw_uid:
             self._raw_stopped = True
         elif doc["run_start"] == self._dark_uid:
@@ -561,6 +569,7 @@ class FrameCleaner(Stage):
             if problem or not isinstance(cleaned, CleanedBatch):
                 self._emit_flagged([item], problem or str(cleaned))
                 continue
+            assert frames is not None  # made from *cleaned*, a CleanedBatch here
             point, x, y, _ = item
             f, flag = frames[k], cleaned.flags[k]
             ripple = float(cleaned.ripple_adu[k])

@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
+from event_model.documents import (
+    EventDescriptor,
+    EventPage,
+    RunStart,
+    RunStop,
+    StreamDatum,
+    StreamResource,
+)
 
 from bluesky_ptycho.callbacks._frames import READ_ERRORS, RawFrames, frame_problem
 from bluesky_ptycho.core import fccd
@@ -42,27 +50,27 @@ class DarkStatistics(Stage):
         self.settings = DarkSettings(max_std_adu, channel_excess_adu)
         self.stats: RunningDarkStats | None = None
         self._frames: RawFrames | None = None
-        self._source: dict | None = None
+        self._source: RunStart | None = None
         self._out: DerivedRun | None = None
         self.skipped: list[tuple[int, str]] = []
         super().__init__()
 
-    def start(self, doc: dict) -> None:
+    def start(self, doc: RunStart) -> None:
         self._source = doc
         self._frames = RawFrames(doc)
         self.stats = RunningDarkStats(fccd.RAW_SHAPE, self.xp)
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: EventDescriptor) -> None:
         assert self._frames is not None
         self._frames.descriptor(doc)
         if doc.get("name") == "primary":
             self._publish()
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: StreamResource) -> None:
         assert self._frames is not None
         self._frames.stream_resource(doc)
 
-    def stream_datum(self, doc: dict) -> None:
+    def stream_datum(self, doc: StreamDatum) -> None:
         assert self._frames is not None
         got = self._frames.from_datum(doc, "dark", read=False)
         if got is None:
@@ -76,7 +84,7 @@ class DarkStatistics(Stage):
                 continue
             self._add([s], [frame])
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> None:  # type: ignore[override]  # None: see Stage
         assert self._frames is not None
         stream, seq, frames, _ = self._frames.from_event_page(doc)
         if stream == "dark" and frames is not None:
@@ -119,7 +127,7 @@ class DarkStatistics(Stage):
         self.result = res
         self._out.stop()
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         try:
             self._publish()
         finally:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from event_model import DocumentRouter
+from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from bluesky_ptycho.core.geometry import Geometry
 from bluesky_ptycho.io.cxi import CxiData, write_cxi
+from bluesky_ptycho.plugins.stage import metadata
 
 
 class CxiExport(DocumentRouter):
@@ -34,16 +38,22 @@ class CxiExport(DocumentRouter):
         self._recon_uid: str | None = None
         self._streams: dict[str, str] = {}
 
-    def start(self, doc: dict) -> None:
+    # Takes any map, as a stage's subscriber (a Callback); DocumentRouter only reads it.
+    def __call__(
+        self, name: str, doc: Mapping[str, Any], validate: bool = False
+    ) -> tuple[str, Any]:
+        return super().__call__(name, cast(dict, doc), validate)
+
+    def start(self, doc: RunStart) -> None:
         if doc.get("stage") == "frame_cleaning":
-            self._md = doc["ptycho"]
+            self._md = metadata(doc)
         if doc.get("stage") == self.after:
             self._recon_uid = doc["uid"]
 
-    def descriptor(self, doc: dict) -> None:
+    def descriptor(self, doc: EventDescriptor) -> None:
         self._streams[doc["uid"]] = doc["name"]
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> None:  # type: ignore[override]  # None: see Stage
         stream = self._streams.get(doc["descriptor"])
         d = doc["data"]
         if stream == "cleaned":
@@ -60,7 +70,7 @@ class CxiExport(DocumentRouter):
         elif stream == "snapshot" and any(d["final"]):
             self._final = {k: v[-1] for k, v in d.items()}
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         if doc["run_start"] != self._recon_uid or self._md is None:
             return
         md = self._md

@@ -6,11 +6,12 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from event_model.documents import EventPage, RunStart, RunStop
 
 from bluesky_ptycho.core.ptycho import ObjectGrid
 from bluesky_ptycho.core.quality import drift_estimate, error_outliers, low_flux, transmission_map
 from bluesky_ptycho.plugins import Param
-from bluesky_ptycho.plugins.stage import DerivedRun, Stage
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage, metadata
 
 #: reasons a frame is bad because of the beam, not the sample or the detector
 BEAM_REASONS = ("low flux",)
@@ -108,18 +109,19 @@ class QualityMonitor(Stage):
         """Points whose latest verdict is bad, with the reason."""
         return {p: v["reason"] for p, v in self.verdicts.items() if v["bad"]}
 
-    def start(self, doc: dict) -> None:
+    def start(self, doc: RunStart) -> None:
         if doc.get("stage") == "frame_cleaning" and self._out is None:
             self._cleaning_uid = doc["uid"]
-            self._out = DerivedRun(self, doc, {"ptycho": doc.get("ptycho", {})})
-            planned = (doc.get("ptycho") or {}).get("positions_m") or []
+            md = metadata(doc)
+            self._out = DerivedRun(self, doc, {"ptycho": md})
+            planned = md.get("positions_m") or []
             self._planned = np.asarray(planned, np.float64).reshape(-1, 2)
         elif doc.get("stage") == "reconstruction" and "object_grid" in doc:
-            g = doc["object_grid"]
+            g = metadata(doc, "object_grid")
             self._grid = ObjectGrid(tuple(g["shape"]), tuple(g["origin_m"]), g["pixel_size_m"])
             self._recon_uid = doc["uid"]
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> None:  # type: ignore[override]  # None: see Stage
         d = doc["data"]
         if "frame" in d and "valid" in d and self._out is not None:
             self._frames(d)
@@ -236,7 +238,7 @@ class QualityMonitor(Stage):
             "drift", {"dy_m": self.drift_m[0], "dx_m": self.drift_m[1], "drifting": drifting}
         )
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         if self._out is None:
             return
         ended = doc["run_start"]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from event_model.documents import EventPage, RunStart, RunStop
 
 from bluesky_ptycho.callbacks.streaming import Snapshot, StreamingReconstruction
 from bluesky_ptycho.core.arrays import backend, to_numpy
@@ -23,7 +24,7 @@ from bluesky_ptycho.core.solvers import (
     solver_class,
 )
 from bluesky_ptycho.core.solvers.setup import scan_grid, setup_solver
-from bluesky_ptycho.plugins.stage import DerivedRun, Stage
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage, metadata
 
 #: points of the published FRC curve (fixed, so the stream's shapes never change)
 FRC_POINTS = 64
@@ -184,10 +185,10 @@ class StreamingReconstructionStage(Stage):
     def held_frames(self) -> int:
         return sum(len(p[0]) for p in self._pending)
 
-    def start(self, doc: dict) -> None:
+    def start(self, doc: RunStart) -> None:
         if doc.get("stage") != "frame_cleaning":
             return
-        md = doc["ptycho"]
+        md = metadata(doc)
         g = Geometry.from_metadata(md)
         self.planned_fallback = 0
         positions = np.asarray(md["positions_m"], dtype=np.float64)
@@ -250,7 +251,7 @@ class StreamingReconstructionStage(Stage):
             self.stream.add_frames(*item)
         self._pending = []
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> None:  # type: ignore[override]  # None: see Stage
         if "probe" in doc["data"] and "n_frames" in doc["data"]:
             self._probe_estimate(doc["data"])
             return
@@ -371,7 +372,7 @@ class StreamingReconstructionStage(Stage):
         self.log.info("starting from the probe estimated from %d frames", data["n_frames"][-1])
         self._begin(None)  # the estimate carries the data's scale
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         if self._out is None or doc["run_start"] != self._out.start_doc["source_run"]:
             return
         if self.stream is None:

@@ -17,6 +17,11 @@ rule: its estimated remaining change below the options' ``stop_tolerance``),
 at most ``final_iterations`` more, and publishes the final snapshot.
 Callbacks run on the worker thread.
 
+The thread is a :class:`~bluesky_ptycho.threads.Worker`: what the other
+threads hand over are its items, and an iteration is its idle work, done
+while the solver is ready. Unlike a stage's worker, an error ends the
+reconstruction (:meth:`StreamingReconstruction.wait` raises it).
+
 NumPy's FFTs and array loops release the GIL, so on CPU the worker runs
 beside the thread that receives frames; on CuPy it only queues kernels.
 """
@@ -24,8 +29,6 @@ beside the thread that receives frames; on CuPy it only queues kernels.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +39,9 @@ import numpy as np
 from bluesky_ptycho.core.arrays import to_numpy
 from bluesky_ptycho.core.metrics import FRC
 from bluesky_ptycho.core.solvers import Solver
+from bluesky_ptycho.core.solvers.convergence import Convergence
 from bluesky_ptycho.core.solvers.halves import half_set_frc
+from bluesky_ptycho.threads import Worker
 
 log = logging.getLogger("bluesky_ptycho.callbacks.streaming")
 
@@ -169,22 +174,27 @@ class StreamingReconstruction:
         self.frc: FRC | None = None
         self.frc_iteration = -1
         self._last_frc = time.monotonic()
-        self._inbox: queue.Queue = queue.Queue()
-        self._wake = threading.Event()
         self._finished = False
         self._abort = False
+        self._ended = False  # the final snapshot is out, or an error came: nothing more is done
         self._received = 0
+        self._after = 0  # iterations since finish()
+        self._stop: Convergence | None = None  # the final iterations' stopping rule
         self.final: Snapshot | None = None
         #: why the final iterations ended ("" until they have)
         self.stop_reason = ""
         self.error: BaseException | None = None
-        self.done = threading.Event()
         self._t0 = time.monotonic()
         self._last_snapshot = -np.inf
-        self._thread = threading.Thread(
-            target=self._run, name="streaming-reconstruction", daemon=True
+        self._worker = Worker(
+            "streaming-reconstruction",
+            lambda item: self._guarded(self._take, item),
+            idle=lambda: self._guarded(self._step),
+            poll=lambda: 0 if self._has_work() else None,
+            log=log,
         )
-        self._thread.start()
+        #: set when the thread has ended (the final snapshot, an abort or an error)
+        self.done = self._worker.done
 
     # -- any thread -------------------------------------------------------------
     def add_frames(self, indices: Any, intensities: Any, positions: Any = None) -> None:
@@ -206,7 +216,8 @@ class StreamingReconstruction:
     def abort(self) -> None:
         """Stop after the current iteration, without the final iterations."""
         self._abort = True
-        self._wake.set()
+        self._worker.drain()
+        self._worker.close()
 
     def wait(self, timeout: float | None = None) -> Snapshot | None:
         """Wait for the end; return the final snapshot (None on timeout or abort).
@@ -221,30 +232,47 @@ class StreamingReconstruction:
     def _put(self, item: tuple[str, Any]) -> None:
         if self.done.is_set():
             raise RuntimeError("the streaming reconstruction has ended: start a new one")
-        self._inbox.put(item)
-        self._wake.set()
+        self._worker.put(item)
 
     # -- the worker ---------------------------------------------------------------
-    def _drain(self) -> None:
-        s = self.solver
-        while True:
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run *fn(*args)* unless the reconstruction has ended or is aborted; an error in it
+        ends the reconstruction."""
+        if self._ended or self._abort:
+            return
+        try:
+            fn(*args)
+        except BaseException as err:  # reported to wait() and logged, never lost
+            self.error = err
+            log.exception("streaming reconstruction failed")
             try:
-                kind, arg = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "frames":
-                idx, data, pos = arg
-                s.add_frames(idx, data, pos)
-                self._received += len(np.atleast_1d(to_numpy(idx)))
-            elif kind == "flag":
-                s.flag(arg)
-            elif kind == "points":
-                positions, reply = arg
-                new = s.add_points(positions)
-                if reply is not None:
-                    reply(new)
-            elif kind == "finish":
-                self._finished = True
+                if self.on_error is not None:
+                    self.on_error(err)
+            finally:
+                self._end()
+
+    def _end(self) -> None:
+        """Nothing more is done: what is queued is dropped and the thread ends."""
+        self._ended = True
+        self._worker.drain()
+        self._worker.close()
+
+    def _take(self, item: tuple[str, Any]) -> None:
+        s = self.solver
+        kind, arg = item
+        if kind == "frames":
+            idx, data, pos = arg
+            s.add_frames(idx, data, pos)
+            self._received += len(np.atleast_1d(to_numpy(idx)))
+        elif kind == "flag":
+            s.flag(arg)
+        elif kind == "points":
+            positions, reply = arg
+            new = s.add_points(positions)
+            if reply is not None:
+                reply(new)
+        elif kind == "finish":
+            self._finished = True
 
     def _ready(self) -> bool:
         s = self.solver
@@ -256,45 +284,47 @@ class StreamingReconstruction:
             return s.iteration < self.max_live_iterations
         return True
 
-    def _run(self) -> None:
-        after = 0
-        stop = None
+    def _has_work(self) -> bool:
+        """True while there is iterating (or the end) to do without waiting for an item."""
+        return not (self._ended or self._abort) and (self._finished or self._ready())
+
+    def _step(self) -> None:
+        """One iteration once the queue is empty; after finish(), the end when it is time."""
+        if self._finished and self._stop is None:
+            self._stop = self.solver.convergence().after(self.solver)
+            e = self.solver.errors
+            if self.anneal and len(e) >= 4 and e[-1] > 0.99 * e[-4]:
+                self.solver.anneal()  # at its step-1 floor already: polish
+        stop, after = self._stop, self._after
+        if self._finished and (
+            after >= self.final_iterations
+            or self.solver.n_measured == 0
+            or (after and stop is not None and stop.update(self.solver))
+        ):
+            self.stop_reason = (
+                stop.reason if stop is not None and stop.reason else f"{after} final iterations"
+            )
+            self._final()
+            return
+        if not self._ready():
+            return
+        err = self.solver.iterate(1)
+        if self._finished:
+            self._after += 1
+        if err and self.on_iteration is not None:
+            self.on_iteration(self.solver.iteration, err[0], self.solver.n_measured)
+        if time.monotonic() - self._last_snapshot >= self.snapshot_interval:
+            if (
+                self.frc_interval
+                and not self._finished
+                and time.monotonic() - self._last_frc >= self.frc_interval
+            ):
+                self._take_frc(final=False)
+            self._publish(final=False)
+
+    def _final(self) -> None:
+        """The final snapshot, the final FRC, then on_end; the thread ends."""
         try:
-            while not self._abort:
-                self._drain()
-                if self._finished and stop is None:
-                    stop = self.solver.convergence().after(self.solver)
-                    e = self.solver.errors
-                    if self.anneal and len(e) >= 4 and e[-1] > 0.99 * e[-4]:
-                        self.solver.anneal()  # at its step-1 floor already: polish
-                if self._finished and (
-                    after >= self.final_iterations
-                    or self.solver.n_measured == 0
-                    or (after and stop is not None and stop.update(self.solver))
-                ):
-                    self.stop_reason = (
-                        stop.reason
-                        if stop is not None and stop.reason
-                        else f"{after} final iterations"
-                    )
-                    break
-                if not self._ready():
-                    self._wake.wait(0.05)
-                    self._wake.clear()
-                    continue
-                err = self.solver.iterate(1)
-                if self._finished:
-                    after += 1
-                if err and self.on_iteration is not None:
-                    self.on_iteration(self.solver.iteration, err[0], self.solver.n_measured)
-                if time.monotonic() - self._last_snapshot >= self.snapshot_interval:
-                    if (
-                        self.frc_interval
-                        and not self._finished
-                        and time.monotonic() - self._last_frc >= self.frc_interval
-                    ):
-                        self._take_frc(final=False)
-                    self._publish(final=False)
             if not self._abort:
                 self.final = self._publish(final=True)
                 if self.final_frc and self.solver.n_measured:
@@ -302,13 +332,8 @@ class StreamingReconstruction:
                     self.final.frc, self.final.frc_iteration = self.frc, self.frc_iteration
                 if self.on_end is not None:
                     self.on_end()
-        except BaseException as err:  # reported to wait() and logged, never lost
-            self.error = err
-            log.exception("streaming reconstruction failed")
-            if self.on_error is not None:
-                self.on_error(err)
         finally:
-            self.done.set()
+            self._end()
 
     def _take_frc(self, final: bool) -> None:
         self._last_frc = time.monotonic()

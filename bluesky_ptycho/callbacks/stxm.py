@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from event_model.documents import EventPage, RunStart, RunStop
 
 from bluesky_ptycho.core.arrays import get_xp, to_numpy
 from bluesky_ptycho.core.geometry import Geometry
 from bluesky_ptycho.core.params import Param, params_of
 from bluesky_ptycho.core.stxm import ProbeSettings, probe_estimate, stxm_contrast
-from bluesky_ptycho.plugins.stage import DerivedRun, Stage
+from bluesky_ptycho.plugins.stage import DerivedRun, Stage, metadata
 
 
 class StxmProbe(Stage):
@@ -74,10 +75,10 @@ class StxmProbe(Stage):
         self.points: dict[int, tuple[float, float, float, float, float]] = {}
         super().__init__()
 
-    def start(self, doc: dict) -> None:
+    def start(self, doc: RunStart) -> None:
         if doc.get("stage") != "frame_cleaning":
             return
-        md = doc.get("ptycho", {})
+        md = metadata(doc)
         zp = md.get("zone_plate")
         if self.defocus and zp and zp.get("defocus_m"):
             g = Geometry.from_metadata(md)
@@ -90,7 +91,7 @@ class StxmProbe(Stage):
             self,
             doc,
             {
-                "ptycho": doc.get("ptycho", {}),
+                "ptycho": md,
                 "stxm_settings": {
                     "probe_frames": self.probe_frames,
                     "level": self.level,
@@ -99,7 +100,7 @@ class StxmProbe(Stage):
             },
         )
 
-    def event_page(self, doc: dict) -> None:
+    def event_page(self, doc: EventPage) -> None:  # type: ignore[override]  # None: see Stage
         d = doc["data"]
         if self._out is None or "frame" not in d:
             return
@@ -139,7 +140,7 @@ class StxmProbe(Stage):
         self._published_at = self._n
         self._out.event("probe_estimate", {"probe": self.probe, "n_frames": int(self._n)})
 
-    def stop(self, doc: dict) -> None:
+    def stop(self, doc: RunStop) -> None:
         if self._out is None or doc["run_start"] != self._out.start_doc["source_run"]:
             return
         try:

@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -422,7 +423,7 @@ class EpicsFCCD(Device):
         }
         return d
 
-    def collect_asset_docs(self):  # type: ignore[no-untyped-def]
+    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
         with self._lock:
             items = list(self._asset_docs)
             self._asset_docs.clear()
@@ -519,7 +520,7 @@ class EpicsShutter(Device):
         super().__init__(prefix, name=name, **kw)
         self.timeout = timeout
 
-    def set(self, value: str) -> Status:  # type: ignore[override]
+    def set(self, value: str) -> Status:
         if value not in self.VALUES:
             raise ValueError(f"shutter {self.name!r}: {value!r} is not one of {self.VALUES}")
         try:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +288,7 @@ class SimFCCD(Device):
         }
         return d
 
-    def collect_asset_docs(self):  # type: ignore[no-untyped-def]
+    def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:
         with self._lock:
             items = list(self._asset_docs)
             self._asset_docs.clear()

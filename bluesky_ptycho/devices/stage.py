@@ -60,7 +60,7 @@ class Shutter(Device):
 
     VALUES = ("open", "closed")
 
-    def set(self, value: str) -> Status:  # type: ignore[override]
+    def set(self, value: str) -> Status:
         if value not in self.VALUES:
             raise ValueError(f"shutter {self.name!r}: {value!r} is not one of {self.VALUES}")
         self.state.put(value)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
 
 import msgpack
@@ -81,7 +81,7 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot put a {type(obj).__name__} in a document: {obj!r:.80}")
 
 
-def encode(name: str, doc: dict, run: str | None = None) -> list[Any]:
+def encode(name: str, doc: Mapping[str, Any], run: str | None = None) -> list[Any]:
     """The parts of one document: a header and one buffer per array (no copies)."""
     buffers: list[Any] = []
 
@@ -90,7 +90,8 @@ def encode(name: str, doc: dict, run: str | None = None) -> list[Any]:
             a = value if value.flags.c_contiguous else np.ascontiguousarray(value)
             if a.dtype.str not in DTYPES:
                 raise TypeError(f"cannot put an array of dtype {a.dtype} in a document")
-            buffers.append(memoryview(a).cast("B") if a.size else b"")
+            # a.data is memoryview(a) (NumPy's stubs give ndarray a buffer only from 3.12 on)
+            buffers.append(a.data.cast("B") if a.size else b"")
             return {"__nd__": len(buffers) - 1, "dtype": a.dtype.str, "shape": list(a.shape)}
         if isinstance(value, dict):
             for k in value:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import h5py
 import numpy as np
+from event_model.documents import StreamDatum, StreamResource
 
 MIMETYPE = "application/x-hdf5"
 DATASET = "/entry/data/data"
@@ -392,9 +393,9 @@ class StreamFrameReader:
     """
 
     def __init__(self) -> None:
-        self._resources: dict[str, dict] = {}
+        self._resources: dict[str, StreamResource] = {}
 
-    def stream_resource(self, doc: dict) -> None:
+    def stream_resource(self, doc: StreamResource) -> None:
         """Remember a StreamResource (refused when its file lies outside the data roots)."""
         if doc.get("mimetype") != MIMETYPE:
             raise ValueError(
@@ -407,17 +408,17 @@ class StreamFrameReader:
         checked_path(str(doc.get("uri", "")))  # refused here, before any frame is asked for
         self._resources[doc["uid"]] = doc
 
-    def data_key(self, datum: dict) -> str:
+    def data_key(self, datum: StreamDatum) -> str:
         """The data key a StreamDatum's resource holds."""
         return self._resources[datum["stream_resource"]]["data_key"]
 
-    def frames(self, datum: dict) -> np.ndarray:
+    def frames(self, datum: StreamDatum) -> np.ndarray:
         """The frames ``(k, ...)`` of a StreamDatum."""
         res = self._resource(datum)
         idx = datum["indices"]
         return read_frames(res["uri"], res["parameters"]["dataset"], idx["start"], idx["stop"])
 
-    def references(self, datum: dict) -> list[FrameRef]:
+    def references(self, datum: StreamDatum) -> list[FrameRef]:
         """Where each frame of a StreamDatum lies, without reading it."""
         res = self._resource(datum)
         idx = datum["indices"]
@@ -426,7 +427,7 @@ class StreamFrameReader:
             for i in range(idx["start"], idx["stop"])
         ]
 
-    def _resource(self, datum: dict) -> dict:
+    def _resource(self, datum: StreamDatum) -> StreamResource:
         res = self._resources.get(datum["stream_resource"])
         if res is None:
             raise KeyError(

@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from event_model import RunRouter
 
@@ -145,8 +146,9 @@ class Pipeline:
         self.router = RunRouter([self._factory])
         self._workers_seen: tuple[float, dict[str, Any]] = (-1e9, {})
 
-    def __call__(self, name: str, doc: dict) -> Any:
-        out = self.router(name, doc)
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> Any:
+        # event-model's RunRouter says it takes a dict; it reads the document, never changes it
+        out = self.router(name, cast(dict, doc))
         if name == "stop":
             self._open.discard(doc.get("run_start"))
         return out
@@ -160,7 +162,7 @@ class Pipeline:
         if callback in self._subscribers:
             self._subscribers.remove(callback)
 
-    def _publish(self, name: str, doc: dict) -> None:
+    def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
         if name == "start":
             doc = {**doc, **self.metadata}
         for cb in list(self._subscribers):

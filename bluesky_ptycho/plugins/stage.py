@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 from event_model import DocumentRouter, compose_run
@@ -155,7 +155,11 @@ class Stage(DocumentRouter):
                 self.log.exception("subscriber %r failed on %s document", cb, name)
 
     # -- the RunEngine side: enqueue and return --------------------------------
-    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+    # Takes any map (a :data:`Callback`); hands back the document it was given (event-model's
+    # signature says a dict: here it is whatever the caller passed).
+    def __call__(
+        self, name: str, doc: Mapping[str, Any], validate: bool = False
+    ) -> tuple[str, Any]:
         if self.aborted:
             return name, doc
         if self._raw_streams is not None:
@@ -270,9 +274,10 @@ class Stage(DocumentRouter):
         if self.has_work() and not self.aborted:
             self.work()
 
-    def _dispatch_item(self, item: tuple[str, dict]) -> None:
+    def _dispatch_item(self, item: tuple[str, Mapping[str, Any]]) -> None:
         name, doc = item
-        self._dispatch(name, doc, False)
+        # event-model's _dispatch only reads the document (it calls the method named *name*)
+        self._dispatch(name, cast(dict, doc), False)
         if name == "start":
             self.log.info("run %s (%s) in", doc["uid"], doc.get("stage", "raw"))
         elif name == "stop":
@@ -282,7 +287,10 @@ class Stage(DocumentRouter):
             )  # fmt: skip
 
     # Documents a stage does not care about pass by quietly. (Overrides return None; the
-    # base returns Any so that event-model's signatures, which return documents, allow it.)
+    # base returns Any so that event-model's signatures, which return documents, allow it.
+    # mypy checks an override against DocumentRouter's too, and there event_page alone says
+    # it returns an EventPage, not "| None" as its siblings do, though its _dispatch takes
+    # None alike: stages' event_page overrides carry "type: ignore[override]" for that.)
     def start(self, doc: RunStart) -> Any:
         return None
 
@@ -345,7 +353,12 @@ class DerivedRun:
         Extra start metadata (what downstream stages need).
     """
 
-    def __init__(self, stage: Stage, source_start: dict, metadata: dict | None = None) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        source_start: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
         self.stage = stage
         stage._derived.append(self)
         md = {

@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,7 @@ class CatalogWriter:
             self._worker.wake()
 
     # -- the caller's side: spool, then queue --------------------------------------------
-    def __call__(self, name: str, doc: dict) -> None:
+    def __call__(self, name: str, doc: Mapping[str, Any]) -> None:
         """Spool the document (durable when this returns), then queue it for the catalog."""
         with self._lock:
             got = self._spool(name, doc)
@@ -268,7 +268,7 @@ class CatalogWriter:
             )
 
     # -- the spool ---------------------------------------------------------------------------
-    def _spool(self, name: str, doc: dict) -> tuple[_Run, int] | None:
+    def _spool(self, name: str, doc: Mapping[str, Any]) -> tuple[_Run, int] | None:
         uid = doc.get("uid") if name == "start" else self._run_uid(name, doc)
         if name != "start" and uid not in self._runs:
             self.orphans += 1
@@ -373,7 +373,7 @@ class CatalogWriter:
                 self._spool_error = ""
                 self._set_health(True)
 
-    def _run_uid(self, name: str, doc: dict) -> str | None:
+    def _run_uid(self, name: str, doc: Mapping[str, Any]) -> str | None:
         if "run_start" in doc:
             return doc["run_start"]
         for key in ("descriptor", "stream_resource", "resource"):
@@ -382,7 +382,7 @@ class CatalogWriter:
         return None
 
     # -- the writer's thread: the catalog ------------------------------------------------------
-    def _handle(self, item: tuple[str, int, str, dict]) -> None:
+    def _handle(self, item: tuple[str, int, str, Mapping[str, Any]]) -> None:
         uid, index, name, doc = item
         with self._lock:
             run = self._runs.get(uid)

@@ -24,10 +24,11 @@ Frames travel one of two ways (``frames=``):
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from event_model import unpack_event_page
+from event_model.documents import EventPage, StreamDatum, StreamResource
 
 from bluesky_ptycho.io.codec import encode
 from bluesky_ptycho.io.frames import StreamFrameReader
@@ -134,17 +135,18 @@ class Publisher:
         if name == "stream_resource" and doc.get("data_key") == self._image_keys.get(
             doc.get("run_start", "")
         ):
-            self._reader.stream_resource(doc)
+            self._reader.stream_resource(cast(StreamResource, doc))
             self._images[doc["uid"]] = doc["run_start"]
             return []
         if name == "stream_datum" and doc["stream_resource"] in self._images:
-            frames = self._reader.frames(doc)
+            frames = self._reader.frames(cast(StreamDatum, doc))
             first = doc["seq_nums"]["start"]
             for k, frame in enumerate(frames):
                 self._pending[(doc["descriptor"], first + k)] = frame
             return []
         if name == "event_page":
-            return [e for ev in unpack_event_page(doc) for e in self._outgoing("event", ev)]
+            events = unpack_event_page(cast(EventPage, doc))
+            return [e for ev in events for e in self._outgoing("event", ev)]
         if name == "event":
             frame = self._pending.pop((doc["descriptor"], doc["seq_num"]), None)
             if frame is not None:

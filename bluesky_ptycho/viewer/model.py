@@ -19,10 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from event_model import unpack_event_page
+from event_model.documents import EventPage
 
 
 @dataclass
@@ -127,7 +128,7 @@ class LiveModel:
         elif name == "event":
             self._event(doc["data"])
         elif name == "event_page":
-            for ev in unpack_event_page(doc):
+            for ev in unpack_event_page(cast(EventPage, doc)):
                 self._event(ev["data"])
         elif name == "stop" and doc.get("exit_status") not in (None, "success"):
             self.log(f"a stage's run ended: {doc.get('exit_status')} {doc.get('reason', '')}")
@@ -289,6 +290,7 @@ class Controls:
     def _request(self, command: str, **fields: Any) -> dict:
         from bluesky_ptycho.transport.control import request
 
+        assert self.control is not None  # (given when there is no pipeline)
         return request(command, self.control, self.keys, timeout=5.0, **fields)
 
     def abort(self) -> str:

@@ -85,9 +85,11 @@ class SimulateWidget(QWidget):
         self.viewer = napari_viewer
         form = QFormLayout(self)
         self.layer = QComboBox()
-        self.n_side = QSpinBox(minimum=4, maximum=40, value=12)
-        self.photons = QSpinBox(minimum=3, maximum=9, value=6)
-        self.iterations = QSpinBox(minimum=1, maximum=500, value=40)
+        # PyQt takes a widget's Qt properties as keyword arguments; its stubs know only the
+        # constructor's own arguments
+        self.n_side = QSpinBox(minimum=4, maximum=40, value=12)  # type: ignore[call-arg]
+        self.photons = QSpinBox(minimum=3, maximum=9, value=6)  # type: ignore[call-arg]
+        self.iterations = QSpinBox(minimum=1, maximum=500, value=40)  # type: ignore[call-arg]
         self.run_button = QPushButton("Simulate and reconstruct")
         self.message = QLabel("pick an image layer (an SEM image, say)")
         self.message.setWordWrap(True)

@@ -260,7 +260,9 @@ class LiveView(QWidget):
         shown = "\n".join(st.log[-200:])
         if shown != self.log_view.toPlainText():
             self.log_view.setPlainText(shown)
-            self.log_view.verticalScrollBar().setValue(self.log_view.verticalScrollBar().maximum())
+            bar = self.log_view.verticalScrollBar()
+            if bar is not None:  # (a text view always has one; PyQt's stubs allow None)
+                bar.setValue(bar.maximum())
         what = "final image" if st.final else "live"
         self.state.setText(
             f"{what}: iteration {st.iteration}, {st.n_measured} frames, {len(st.bad)} bad point(s)"

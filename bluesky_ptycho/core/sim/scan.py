@@ -176,7 +176,7 @@ def simulate_scan(
         if position_error_px
         else reported
     )
-    clean = far_field_intensity(obj, probe, true)
+    clean: np.ndarray = far_field_intensity(obj, probe, true)  # (the simulation runs on NumPy)
     return SimulatedScan(
         geometry=g,
         grid=grid,

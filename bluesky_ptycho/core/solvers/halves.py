@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from bluesky_ptycho.core import metrics
+from bluesky_ptycho.core.arrays import Array
 from bluesky_ptycho.core.solvers.base import Solver
 from bluesky_ptycho.core.solvers.options import RpieOptions
 from bluesky_ptycho.core.solvers.rpie import RPIE
@@ -32,7 +33,7 @@ HALF_ITERATIONS = 6
 SHARED_PERIOD_PX = 16.0
 
 
-def half_objects(solver: Solver, iterations: int = HALF_ITERATIONS) -> tuple[list, object]:
+def half_objects(solver: Solver, iterations: int = HALF_ITERATIONS) -> tuple[list, Array]:
     """The even and odd halves' objects, and the pixels both light well (30 % of the maximum).
 
     The solver is not changed; its frames are shared, not copied.
