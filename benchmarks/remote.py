@@ -710,8 +710,13 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=10000, help="primary frames of the main cases")
     ap.add_argument("--distinct", type=int, default=2000, help="distinct raw frames recorded")
     ap.add_argument("--cache", type=Path, default=HERE / ".frames", help="where they are kept")
-    ap.add_argument("--batch", type=int, default=16, help="frames per batch of the main cases")
-    ap.add_argument("--batches", type=int, nargs="*", default=[4, 8, 32], help="batch sweep")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="frames per batch of the main cases (the pipelines' default)",
+    )
+    ap.add_argument("--batches", type=int, nargs="*", default=[4, 16, 32], help="batch sweep")
     ap.add_argument("--sweep-frames", type=int, default=3000, help="frames per sweep case")
     ap.add_argument("--workers", type=int, nargs="*", default=[1], help="other worker counts")
     ap.add_argument("--no-disk", action="store_true", help="skip the from-disk case")
