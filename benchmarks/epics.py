@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def _free_port() -> int:
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 def _rate(RE, fccd, stage, shutter, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -73,13 +59,10 @@ def main() -> int:
     p.add_argument("--jitter-sigma", type=float, default=0.015, help="µm")
     args = p.parse_args()
 
-    port = _free_port()
-    env = {
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CA_ADDR_LIST": "127.0.0.1",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-    }
+    from bluesky_ptycho.apps.ioc import free_ca_port, local_ca_environment
+
+    port = free_ca_port()
+    env = local_ca_environment(port)
     os.environ.update(env)  # before the first Channel Access client starts
     tmp = Path(tempfile.mkdtemp(prefix="bench-epics-"))
     log = (tmp / "ioc.log").open("w")

@@ -9,38 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bluesky_ptycho.apps.ioc import free_ca_port
+from bluesky_ptycho.apps.ioc import local_ca_environment as ca_environment
 
-def free_ca_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (Channel Access uses both)."""
-    for _ in range(50):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port for Channel Access")
-
-
-def ca_environment(port: int) -> dict[str, str]:
-    """The EPICS variables that keep a client and the IOC on 127.0.0.1:*port*."""
-    return {
-        "EPICS_CA_SERVER_PORT": str(port),
-        "EPICS_CA_ADDR_LIST": "127.0.0.1",
-        "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
-        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-    }
+__all__ = ["Ioc", "ca_environment", "free_ca_port"]
 
 
 class Ioc:

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,36 @@ from bluesky_ptycho.core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
 from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.devices.pvs import FCCD_PREFIX, SHUTTER_PV, STAGE_X_PV, STAGE_Y_PV
 from bluesky_ptycho.io.frames import FrameFileWriter
+
+
+def free_ca_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (Channel Access uses both), for an IOC
+    of one's own beside any other on the machine."""
+    for _ in range(50):
+        with socket.socket() as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1 for Channel Access")
+
+
+def local_ca_environment(port: int) -> dict[str, str]:
+    """The EPICS variables that keep an IOC and its clients on 127.0.0.1:*port* (set them in
+    both before either starts: a Channel Access client reads them once)."""
+    return {
+        "EPICS_CA_SERVER_PORT": str(port),
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    }
+
 
 log = logging.getLogger("bluesky_ptycho.ioc")
 

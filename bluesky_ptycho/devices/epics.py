@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 from event_model import compose_stream_resource
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsMotor, EpicsSignalRO, Signal
@@ -45,7 +44,7 @@ from bluesky_ptycho.core import fccd as fccd_geom
 from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
 from bluesky_ptycho.devices.connect import require_connected
 from bluesky_ptycho.devices.pvs import FCCD_PREFIX, SHUTTER_PV, STAGE_X_PV, STAGE_Y_PV
-from bluesky_ptycho.io.frames import DATASET, MIMETYPE
+from bluesky_ptycho.io.frames import DATASET, MIMETYPE, raw_frames_key
 
 log = logging.getLogger(__name__)
 
@@ -414,13 +413,9 @@ class EpicsFCCD(Device):
     # -- documents ------------------------------------------------------------------------------
     def describe(self) -> dict[str, dict]:
         d = super().describe()
-        d[self.image_key] = {
-            "source": f"PV:{self.hdf.full_file_name.pvname}",
-            "dtype": "array",
-            "dtype_numpy": np.dtype("uint16").str,
-            "shape": list(fccd_geom.RAW_SHAPE),
-            "external": "STREAM:",
-        }
+        d[self.image_key] = raw_frames_key(
+            f"PV:{self.hdf.full_file_name.pvname}", fccd_geom.RAW_SHAPE
+        )
         return d
 
     def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:

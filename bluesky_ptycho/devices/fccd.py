@@ -28,7 +28,7 @@ from bluesky_ptycho.core import fccd as fccd_geom
 from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
 from bluesky_ptycho.core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
 from bluesky_ptycho.devices.stage import SampleStage, Shutter, position_m
-from bluesky_ptycho.io.frames import MIMETYPE, FrameFileWriter
+from bluesky_ptycho.io.frames import MIMETYPE, FrameFileWriter, raw_frames_key
 from bluesky_ptycho.threads import Worker
 
 DEFAULT_DEFECTS = FCCDDefects()
@@ -279,13 +279,7 @@ class SimFCCD(Device):
     # -- documents -------------------------------------------------------------
     def describe(self) -> dict[str, dict]:
         d = super().describe()
-        d[self.image_key] = {
-            "source": f"sim:{self.name}",
-            "dtype": "array",
-            "dtype_numpy": np.dtype("uint16").str,
-            "shape": list(fccd_geom.RAW_SHAPE),
-            "external": "STREAM:",
-        }
+        d[self.image_key] = raw_frames_key(f"sim:{self.name}", fccd_geom.RAW_SHAPE)
         return d
 
     def collect_asset_docs(self) -> Iterator[tuple[str, dict]]:

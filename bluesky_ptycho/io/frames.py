@@ -20,6 +20,20 @@ from event_model.documents import StreamDatum, StreamResource
 
 MIMETYPE = "application/x-hdf5"
 DATASET = "/entry/data/data"
+
+
+def raw_frames_key(source: str, shape: tuple[int, ...]) -> dict:
+    """The descriptor data key of a detector's raw frames (uint16, *shape* each) that its
+    StreamResource and StreamDatum documents point at, in files this module reads."""
+    return {
+        "source": source,
+        "dtype": "array",
+        "dtype_numpy": np.dtype("uint16").str,
+        "shape": list(shape),
+        "external": "STREAM:",
+    }
+
+
 #: where areaDetector's HDF5 plugin puts per-frame attributes (NDAttributes)
 ATTRIBUTES_GROUP = "/entry/instrument/NDAttributes"
 log = logging.getLogger(__name__)
