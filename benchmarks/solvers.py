@@ -25,6 +25,7 @@ into docs/benchmarks.md with the machine they ran on.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -246,7 +247,18 @@ def main() -> int:
     result: dict = {"machine": machine}
     import hard_cases
 
-    names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(hard_cases.hard.CASES)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    known = list(hard_cases.hard.CASES)
+    ap.add_argument("cases", nargs="*", metavar="CASE",
+                    help=f"hard cases to run (default: all of {', '.join(known)})")  # fmt: skip
+    ap.add_argument("--skip-paper", action="store_true", help="leave out the paper's test")
+    ap.add_argument("--old", action="store_true",
+                    help="also the earlier comparison on our own simulator's data")  # fmt: skip
+    args = ap.parse_args()
+    unknown = [c for c in args.cases if c not in known]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    names = args.cases or known
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
@@ -262,10 +274,10 @@ def main() -> int:
     table = hard_cases.table(rows)
     print(table)
     (HERE / f"hard-cases-{platform.node() or 'host'}.md").write_text(table + "\n")
-    if "--old" in sys.argv:  # the earlier comparison, on our own simulator's data
+    if args.old:  # the earlier comparison, on our own simulator's data
         result["vs_ptychi"] = vs_ptychi()
         print(json.dumps(result["vs_ptychi"], indent=1))
-    if "--skip-paper" not in sys.argv:
+    if not args.skip_paper:
         result["paper_scale"] = paper_scale()
         print(json.dumps(result["paper_scale"], indent=1))
     rows = iteration_rates(np)
