@@ -74,7 +74,11 @@ class Snapshot:
     positions : (N, 2) float64
         View corners (refined, when position refinement is on).
     frame_errors : (N,) float64
-        Each frame's data error against this model (NaN: not measured).
+        Each frame's data error against this model (NaN: not measured). The
+        snapshots between :meth:`StreamingReconstruction.finish` and the final
+        one repeat the errors of the last snapshot before it (one forward pass
+        over every frame costs a third of an iteration; no frame comes in then,
+        and the final snapshot has them afresh).
     frc : FRC or None
         The latest Fourier ring correlation of the even and odd frames'
         objects (:func:`~bluesky_ptycho.core.solvers.halves.half_set_frc`),
@@ -172,6 +176,7 @@ class StreamingReconstruction:
         #: lower the step at finish() (:meth:`~bluesky_ptycho.core.solvers.Solver.anneal`)
         self.anneal = True
         self.frc: FRC | None = None
+        self._frame_errors: np.ndarray | None = None
         self.frc_iteration = -1
         self._last_frc = time.monotonic()
         self._finished = False
@@ -359,10 +364,19 @@ class StreamingReconstruction:
             final=final,
             origin_shift=s.origin_shift,
             positions=s.positions.copy(),
-            frame_errors=s.frame_errors() if s.n_measured else np.full(len(s.weights), np.nan),
+            frame_errors=self._errors_per_frame(final),
             frc=self.frc,
             frc_iteration=self.frc_iteration,
         )
+
+    def _errors_per_frame(self, final: bool) -> np.ndarray:
+        s = self.solver
+        if not s.n_measured:
+            return np.full(len(s.weights), np.nan)
+        last = self._frame_errors
+        if final or not self._finished or last is None or len(last) != len(s.weights):
+            self._frame_errors = last = np.asarray(s.frame_errors())
+        return last.copy()  # each snapshot its own array (subscribers may keep or change it)
 
     def _publish(self, final: bool) -> Snapshot:
         self._last_snapshot = time.monotonic()
