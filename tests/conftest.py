@@ -1,11 +1,14 @@
-"""Shared fixtures: array backends (NumPy always, CuPy where a GPU is present)."""
+"""Shared fixtures: array backends (NumPy always, CuPy where a GPU is present); a real
+`tiled serve` for the tests that store over HTTP."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+from tiled_serve import TiledServe
 
 # Channel Access of every test (the EPICS devices, caproto-get, the IOC, the queue server's
 # worker) stays on this machine: searches go to 127.0.0.1 only, never broadcast.
@@ -56,3 +59,18 @@ def _user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BLUESKY_PTYCHO_LOGS", str(base / "logs"))
     monkeypatch.delenv("BLUESKY_PTYCHO_CATALOG", raising=False)
     monkeypatch.delenv("BLUESKY_PTYCHO_API_KEY", raising=False)
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    """The server .ci/run started, or one of our own (a real `tiled serve` either way)."""
+    if os.environ.get("BLUESKY_PTYCHO_TEST_TILED"):
+        yield (
+            os.environ["BLUESKY_PTYCHO_TEST_TILED"],
+            os.environ["BLUESKY_PTYCHO_TEST_TILED_KEY"],
+            Path(os.environ["BLUESKY_PTYCHO_TEST_TILED_READ"]),
+        )
+        return
+    server = TiledServe(tmp_path / "tiled").start()
+    yield server.uri, server.api_key, server.read
+    server.stop()

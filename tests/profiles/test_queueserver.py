@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from epics_ioc import Ioc, ca_environment, free_ca_port
-from tiled_serve import TiledServe, free_port
+from tiled_serve import free_port
 
 from bluesky_ptycho.storage.catalog import Catalog
 
@@ -44,21 +44,6 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on {port}: {log.read_text()}")
-
-
-@pytest.fixture
-def tiled_server(tmp_path):
-    """The server .ci/run started, or one of our own (a real `tiled serve` either way)."""
-    if os.environ.get("BLUESKY_PTYCHO_TEST_TILED"):
-        yield (
-            os.environ["BLUESKY_PTYCHO_TEST_TILED"],
-            os.environ["BLUESKY_PTYCHO_TEST_TILED_KEY"],
-            Path(os.environ["BLUESKY_PTYCHO_TEST_TILED_READ"]),
-        )
-        return
-    server = TiledServe(tmp_path / "tiled").start()
-    yield server.uri, server.api_key, server.read
-    server.stop()
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ read back with frames and derived results, replayed, and kept through a catalog 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -187,21 +186,6 @@ def test_replay_of_a_stored_run_reproduces_the_live_result(stored):
             replay(derived["frame_cleaning"], cat)
     finally:
         cat.close()
-
-
-@pytest.fixture
-def tiled_server(tmp_path):
-    """The server .ci/run started, or one of our own (a real `tiled serve` either way)."""
-    if os.environ.get("BLUESKY_PTYCHO_TEST_TILED"):
-        yield (
-            os.environ["BLUESKY_PTYCHO_TEST_TILED"],
-            os.environ["BLUESKY_PTYCHO_TEST_TILED_KEY"],
-            Path(os.environ["BLUESKY_PTYCHO_TEST_TILED_READ"]),
-        )
-        return
-    server = TiledServe(tmp_path / "tiled").start()
-    yield server.uri, server.api_key, server.read
-    server.stop()
 
 
 def test_a_tiled_server_given_by_uri_and_api_key(tiled_server, tmp_path):
