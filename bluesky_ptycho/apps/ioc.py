@@ -49,6 +49,7 @@ from bluesky_ptycho.core.geometry import Beamstop, Geometry, ZonePlate
 from bluesky_ptycho.core.sim import FCCDDefects, FCCDNoiseModel, SimulatedSample
 from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.devices.pvs import FCCD_PREFIX, SHUTTER_PV, STAGE_X_PV, STAGE_Y_PV
+from bluesky_ptycho.devices.stage import STAGE_PRECISION
 from bluesky_ptycho.io.frames import FrameFileWriter
 
 
@@ -161,7 +162,7 @@ class MotorModel:
 class MotorAxis(PVGroup):
     """One motor record (caproto's motor record fields) driven by a :class:`MotorModel`."""
 
-    motor = pvproperty(value=0.0, name="", record="motor", precision=4)
+    motor = pvproperty(value=0.0, name="", record="motor", precision=STAGE_PRECISION)
 
     def __init__(
         self, *args: Any, model: MotorModel, limits: tuple[float, float], egu: str, **kwargs: Any
@@ -207,6 +208,9 @@ class MotorAxis(PVGroup):
         self._new_move = asyncio.Event()
         f = instance.field_inst
         await f.engineering_units.write(self.egu)
+        # as a motor record's channels do: VAL and RBV carry the record's EGU and PREC
+        await instance.write_metadata(units=self.egu)
+        await f.user_readback_value.write_metadata(units=self.egu, precision=STAGE_PRECISION)
         await f.velocity.write(self.model.velocity)
         await f.seconds_to_velocity.write(0.1)
         await f.motor_step_size.write(1e-4)

@@ -427,7 +427,21 @@ class EpicsFCCD(Device):
 
 class StageMotor(EpicsMotor):
     """ophyd's ``EpicsMotor`` whose failed moves say why: a limit switch (where it stopped
-    and where it was going), an alarm, or a lost IOC."""
+    and where it was going), an alarm, or a lost IOC; and whose readback and setpoint
+    describe themselves with the record's EGU (``units``) and PREC (``precision``), read
+    from those fields, so BestEffortCallback shows µm to the record's decimals even where
+    an IOC's RBV channel leaves its own units and precision unset."""
+
+    motor_prec = Cpt(EpicsSignalRO, ".PREC", kind="config")
+
+    def describe(self) -> dict[str, Any]:
+        desc = super().describe()
+        units, precision = str(self.egu), int(self.motor_prec.get())
+        for key in (self.user_readback.name, self.user_setpoint.name):
+            if key in desc:
+                desc[key]["units"] = units
+                desc[key]["precision"] = precision
+        return desc
 
     def move(self, position: float, wait: bool = True, **kwargs: Any) -> Status:
         try:

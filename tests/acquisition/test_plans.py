@@ -1,11 +1,18 @@
 """ptycho_scan: bad parameters are refused before any run opens; the documents are right."""
 
+import re
+import runpy
+from pathlib import Path
+
 import pytest
 from bluesky import RunEngine
 from event_model import DocumentNames, schema_validators
 
 from bluesky_ptycho.acquisition.plans import ptycho_scan
 from bluesky_ptycho.devices import SampleStage, Shutter, SimFCCD
+from bluesky_ptycho.devices.stage import STAGE_PRECISION
+
+PROFILE = Path(__file__).parents[2] / "profiles" / "profile_ptycho" / "startup"
 
 
 @pytest.fixture
@@ -40,6 +47,29 @@ def test_positions_go_to_the_stage_in_its_units_and_the_start_document_says_whic
     ]
     ev = [d["data"] for n, d in docs if n == "event" and "stage_x" in d["data"]]
     assert [(e["stage_x"], e["stage_y"]) for e in ev] == [(1.0, -0.5), (0.25, 0.5)]
+
+
+def test_best_effort_callback_prints_positions_in_um_to_the_stage_precision(devices, capsys):
+    """The profile's table (its 40-bec.py: a real BestEffortCallback and the units line)."""
+    fccd, stage, shutter = devices
+    RE = RunEngine({})
+    docs = []
+    RE.subscribe(lambda n, d: docs.append((n, d)))
+    runpy.run_path(str(PROFILE / "40-bec.py"), init_globals={"RE": RE})
+    RE(
+        ptycho_scan(
+            fccd, stage, shutter, positions=[(1.25e-6, -0.5e-6), (-3e-9, 1e-6)], num_darks=1
+        )
+    )
+    (desc,) = [d for n, d in docs if n == "descriptor" and d["name"] == "primary"]
+    for key in ("stage_x", "stage_y"):
+        assert desc["data_keys"][key]["units"] == "um"
+        assert desc["data_keys"][key]["precision"] == STAGE_PRECISION == 3
+    out = capsys.readouterr().out
+    rows = [line.split("|")[3:5] for line in out.splitlines() if re.match(r"\|\s+\d+ \|", line)]
+    assert [[c.strip() for c in r] for r in rows] == [["1.250", "-0.500"], ["-0.003", "1.000"]]
+    head = out.index("Units: stage_x [um], stage_y [um]")
+    assert head < out.index("|   seq_num |")  # the units line just above the table
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,36 @@ def test_epics_scan_with_darks_live_reconstruction_and_catalog(beamline, tmp_pat
     catalog.close()
 
 
+def test_motor_positions_carry_the_records_egu_and_prec_to_the_table(beamline, capsys):
+    from bluesky.callbacks.best_effort import BestEffortCallback
+    from caproto import ChannelType
+
+    b = beamline(["--no-defects"])
+    fccd, stage, shutter = b.devices()
+    # the IOC's channels say what a motor record's say: RBV and VAL in the EGU, to PREC decimals
+    for field in (".RBV", ""):
+        meta = ca.read(b.x_pv + field, data_type=ChannelType.CTRL_DOUBLE, repeater=False).metadata
+        assert (meta.units, meta.precision) == (b"um", 3), (field, meta)
+    assert ca.read(b.x_pv + ".PREC", repeater=False).data[0] == 3
+    RE = RunEngine({})
+    docs = _docs(RE)
+    bec = BestEffortCallback()
+    bec.disable_plots()
+    RE.subscribe(bec)
+    RE(ptycho_scan(fccd, stage, shutter, positions=[(1.25e-6, -0.5e-6)], num_darks=1))
+    (desc,) = [d for n, d in docs if n == "descriptor" and d["name"] == "primary"]
+    for key in ("stage_x", "stage_y"):
+        assert desc["data_keys"][key]["units"] == "um"
+        assert desc["data_keys"][key]["precision"] == 3
+    (ev,) = [d for n, d in docs if n == "event" and d["descriptor"] == desc["uid"]]
+    (row,) = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("|         1 |")
+    ]
+    x, y = (float(c) for c in row.split("|")[3:5])
+    assert row.split("|")[3].strip() == f"{ev['data']['stage_x']:.3f}"
+    assert abs(x - 1.25) < 0.2 and abs(y + 0.5) < 0.2  # µm: where the motor settled
+
+
 def test_unreachable_ioc_names_the_pv_before_any_run(ca_port, tmp_path):
     with pytest.raises(ConnectionError, match=r"NOBODY:FCCD:cam1:\w+.*bluesky-ptycho ioc"):
         epics_devices(write_path=tmp_path, fccd_prefix="NOBODY:FCCD:", connect_timeout=1)
