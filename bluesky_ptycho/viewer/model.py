@@ -244,6 +244,46 @@ class LiveModel:
             )
 
 
+#: the unit of every layer's two image axes: napari draws all layers in one world and, when
+#: their units differ (nm beside pixels, or beside nm⁻¹), ignores them all and warns
+LENGTH_UNIT = "nm"
+
+
+def layer_scale(pixel_nm: float | None, ndim: int = 2) -> dict[str, tuple]:
+    """napari's ``scale`` and ``units`` for an image of *ndim* axes whose last two have
+    square pixels of *pixel_nm* nm; leading axes (probe modes, frame numbers) count one
+    per step. Without a pixel size (a file that does not say it): nothing, so the layer
+    stays in pixels, as it is; napari then says the units differ from the others'."""
+    if pixel_nm is None or not pixel_nm > 0:
+        return {}
+    lead = ndim - 2
+    return {
+        "scale": (1.0,) * lead + (float(pixel_nm),) * 2,
+        "units": ("pixel",) * lead + (LENGTH_UNIT, LENGTH_UNIT),
+    }
+
+
+def frame_pixel_nm(energy_ev: float, distance_m: float, pixel_size_m: float, side_px: int) -> float:
+    """The length (nm) a diffraction frame's pixel is drawn with: ``λ·z / (N·p)``.
+
+    A frame lives in detector space: its pixel *k* is the spatial frequency
+    ``k / (N·Δx)`` with ``Δx = λ·z / (N·p)`` (*N* pixels of side *p* at distance *z*).
+    napari draws every layer in one world with one unit per axis, so a frame
+    cannot be in nm⁻¹ beside an object in nm (napari would drop the units and
+    warn). It is drawn with pixels of ``Δx``, the object-plane pixel: a frame
+    then covers exactly the sample window whose far field it is (the probe's
+    ``N × N`` window), in a panel of its own; the scale bar measures that window,
+    not distances in the pattern. The detector plane's own scale (30 µm pixels)
+    would be ~3000 times the object's, and napari fits the view to all layers,
+    hidden ones included.
+    """
+    from bluesky_ptycho.core.geometry import Geometry
+
+    g = Geometry(energy_ev=energy_ev, distance_m=distance_m, pixel_size_m=pixel_size_m,
+                 crop_px=int(side_px), frame_px=int(side_px))  # fmt: skip
+    return g.object_pixel_size_m * 1e9
+
+
 def stxm_image(stxm: np.ndarray, size: int = 96) -> tuple[np.ndarray, tuple[float, float], float]:
     """Values at scan points gridded to an image: (image, (x0, y0) of pixel (0, 0) in m, pixel in m).
 

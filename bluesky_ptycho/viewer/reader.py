@@ -1,8 +1,11 @@
 """napari reader: our CXI files, ptychodus HDF5 product files and ptypy ``.ptyr`` results.
 
-Each opens as layers: object phase and amplitude (scaled to the object pixel
-size, in nm), probe mode amplitudes, and — where the file has them — the
-diffraction frames. Layouts:
+Each opens as layers: object phase and amplitude, probe mode amplitudes and
+— where the file has them — the diffraction frames, every one with its pixel
+size in nm as napari's ``scale`` and ``units`` (the object's pixel for the
+object and the probe; for the frames, the object-plane pixel of their window,
+:func:`~bluesky_ptycho.viewer.model.frame_pixel_nm`), so napari finds one unit
+across layers and its scale bar reads nm. Layouts:
 
 - CXI 1.6 (ours, :mod:`bluesky_ptycho.io.cxi`): ``entry_1/image_2`` object,
   ``entry_1/image_1`` probe, ``entry_1/data_1/data`` frames.
@@ -20,6 +23,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from bluesky_ptycho.viewer.model import frame_pixel_nm, layer_scale
 
 LayerData = tuple[Any, dict, str]
 
@@ -87,19 +92,24 @@ def _cxi(p: Path) -> list[LayerData]:
     from bluesky_ptycho.io.cxi import read_cxi
 
     data = read_cxi(p)
-    out: list[LayerData] = []
-    if data.object is not None:
-        out += _layers(p.stem, data.object, data.probe, data.object_pixel_size_m)
-    elif data.probe is not None:
-        out += _layers(p.stem, None, data.probe, None)
-    if data.frames is not None and len(data.frames):
-        out.append(
-            (
-                np.log1p(np.maximum(data.frames, 0)),
-                {"name": f"{p.stem} frames (log)", "colormap": "magma", "visible": False},
-                "image",
-            )
-        )
+    frames = data.frames if data.frames is not None and len(data.frames) else None
+    frame_nm = None
+    if frames is not None:
+        side = frames.shape[-1]
+        frame_nm = frame_pixel_nm(data.energy_ev, data.distance_m, data.pixel_size_m[-1], side)
+    # the probe shares the object's pixel; without an object, the frames' window's
+    px = data.object_pixel_size_m or (frame_nm * 1e-9 if frame_nm else None)
+    out = _layers(p.stem, data.object, data.probe, px)
+    if frames is not None and frame_nm is not None:
+        meta = {
+            "name": f"{p.stem} frames (log)",
+            "colormap": "magma",
+            "visible": False,
+            # detector space: pixel k is the spatial frequency k / (N · the window's pixel)
+            "metadata": {"frequency_step_per_nm": 1.0 / (frames.shape[-1] * frame_nm)},
+            **layer_scale(frame_nm, frames.ndim),
+        }
+        out.append((np.log1p(np.maximum(frames, 0)), meta, "image"))
     return out
 
 
@@ -107,7 +117,8 @@ def _layers(
     name: str, obj: np.ndarray | None, probe: np.ndarray | None, px: float | None
 ) -> list[LayerData]:
     # nm, not m: napari's sliders step in world units, and 1e-8 steps overflow them
-    scale = {"scale": (px * 1e9, px * 1e9), "units": "nm"} if px else {}
+    px_nm = px * 1e9 if px else None
+    scale = layer_scale(px_nm)
     out: list[LayerData] = []
     if obj is not None:
         out.append(
@@ -131,7 +142,12 @@ def _layers(
         out.append(
             (
                 np.abs(modes).astype(np.float32),
-                {"name": f"{name} probe modes", "colormap": "viridis", "visible": False},
+                {
+                    "name": f"{name} probe modes",
+                    "colormap": "viridis",
+                    "visible": False,
+                    **layer_scale(px_nm, 3),
+                },
                 "image",
             )
         )

@@ -104,6 +104,7 @@ class SimulateWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._layers_changed)
         self._layers_changed()
         self.worker: Any = None
+        self._source = ""
 
     def _layers_changed(self, *_: Any) -> None:
         import napari.layers
@@ -124,6 +125,7 @@ class SimulateWidget(QWidget):
             self.message.setText("no image layer: open or paste an image first")
             return None
         image = np.asarray(self.viewer.layers[name].data)
+        self._source = name
         self.run_button.setEnabled(False)
         self.message.setText(f"simulating {self.n_side.value()}² points on {name!r} …")
         self.worker = create_worker(
@@ -139,18 +141,34 @@ class SimulateWidget(QWidget):
         return self.worker
 
     def _show(self, r: dict[str, Any]) -> None:
-        px = (r["pixel_m"] * 1e9, r["pixel_m"] * 1e9)  # nm
+        """The truth, the frames and the reconstruction in nm; the source image too, at the
+        size the simulation took it for (it spans the object grid), so all lie over it and
+        napari finds one unit across the layers."""
+        from bluesky_ptycho.viewer.model import layer_scale
+
+        px = r["pixel_m"] * 1e9  # nm
+        phys = layer_scale(px)
+        taken = ""
+        if self._source in self.viewer.layers:  # first: napari checks the units at each layer
+            source = self.viewer.layers[self._source]
+            (ny, nx), (h, w) = r["truth"].shape, source.data.shape[:2]
+            source.scale = (1.0,) * (source.ndim - 2) + (ny * px / h, nx * px / w)
+            source.units = ("pixel",) * (source.ndim - 2) + phys["units"]
+            taken = (
+                f"{self._source!r} taken as a {nx * px / 1e3:.3g} × {ny * px / 1e3:.3g} µm sample; "
+            )
         self.viewer.add_image(
-            np.angle(r["truth"]), name="simulated sample phase", colormap="twilight", scale=px
+            np.angle(r["truth"]), name="simulated sample phase", colormap="twilight", **phys
         )
+        self.viewer.add_image(  # the frames drawn over their window (model.frame_pixel_nm)
+            np.log1p(r["frames"]), name="simulated frames (log)", colormap="magma",
+            visible=False, **layer_scale(px, 3),
+        )  # fmt: skip
         self.viewer.add_image(
-            np.log1p(r["frames"]), name="simulated frames (log)", colormap="magma", visible=False
-        )
-        self.viewer.add_image(
-            np.angle(r["object"]), name="reconstruction phase", colormap="twilight", scale=px
+            np.angle(r["object"]), name="reconstruction phase", colormap="twilight", **phys
         )
         self.message.setText(
-            f"{len(r['frames'])} frames; data error {r['errors'][-1]:.3g} after "
+            f"{taken}{len(r['frames'])} frames; data error {r['errors'][-1]:.3g} after "
             f"{len(r['errors'])} iterations; written to {r['path']}"
         )
         self.run_button.setEnabled(True)

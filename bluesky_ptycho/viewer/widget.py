@@ -6,6 +6,13 @@ thread, where a single-shot timer draws at most ``rate`` times a second,
 updating layers in place. A slow or closed viewer never holds the documents
 up: the model keeps only the latest of each thing, and closing the widget
 unsubscribes it.
+
+Every layer is in nm (napari's ``scale`` and ``units``, one unit across all of
+them, so napari's scale bar reads nm): the object, the probe, the STXM image and
+the per-frame error map at their pixel sizes, laid out side by side in one
+world. The cleaned frame (detector space) is drawn with the object's pixel, so
+it covers the probe window whose far field it is, beside the probe
+(:func:`~bluesky_ptycho.viewer.model.frame_pixel_nm` says why).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from bluesky_ptycho.viewer.model import Controls, LiveModel, stxm_image
+from bluesky_ptycho.viewer.model import LENGTH_UNIT, Controls, LiveModel, layer_scale, stxm_image
 
 if TYPE_CHECKING:
     import napari
@@ -309,26 +316,23 @@ class LiveView(QWidget):
 
     def _image(self, name: str, data: np.ndarray, at: tuple, scale: float, **kwargs: Any) -> bool:
         """Show *data* at *at* (nm) with pixels of *scale* nm; True when the layout changed."""
+        physical = layer_scale(scale, data.ndim)
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             changed = layer.data.shape != data.shape or tuple(layer.translate[-2:]) != tuple(at)
             layer.data = data
-            layer.scale = (1,) * (data.ndim - 2) + (scale, scale)
+            layer.scale = physical["scale"]
             layer.translate = (0,) * (data.ndim - 2) + tuple(at)
             return changed
         self.viewer.add_image(
-            data,
-            name=name,
-            scale=(1,) * (data.ndim - 2) + (scale, scale),
-            translate=(0,) * (data.ndim - 2) + tuple(at),
-            units=("pixel",) * (data.ndim - 2) + ("nm", "nm"),
-            **kwargs,
+            data, name=name, translate=(0,) * (data.ndim - 2) + tuple(at), **physical, **kwargs
         )
-        self.viewer.grid.enabled = False  # the panels are laid out side by side, in nm
-        self.viewer.scale_bar.visible = True
-        self.viewer.text_overlay.visible = True
-        self.viewer.text_overlay.font_size = 8
-        self.viewer.text_overlay.text = (
+        overlays = self.viewer.canvas.overlays
+        self.viewer.canvas.grid.enabled = False  # the panels are laid out side by side, in nm
+        overlays.scale_bar.visible = True  # in the layers' unit, nm
+        overlays.text.visible = True
+        overlays.text.font_size = 8
+        overlays.text.text = (
             "phase | amplitude | probe, frame | STXM (bad red) | data error per frame"
         )
         return True
@@ -339,7 +343,7 @@ class LiveView(QWidget):
             self.viewer.layers[BAD].data = yx
         else:
             self.viewer.add_points(yx, name=BAD, size=4 * max(1.0, self._point_size()),
-                                   face_color="red", opacity=0.8, units=("nm", "nm"))  # fmt: skip
+                                   face_color="red", opacity=0.8, units=(LENGTH_UNIT,) * 2)  # fmt: skip
 
     def _point_size(self) -> float:
         if STXM in self.viewer.layers:

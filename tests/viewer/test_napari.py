@@ -121,7 +121,7 @@ def test_layers_appear_and_update_while_the_scan_runs(
     # every image in nm, side by side without overlapping, a scale bar, the view fitted
     pixel_nm = pipe.runs[uid]["reconstruction"].result.grid.pixel_size_m * 1e9
     assert viewer.layers[_widget.OBJECT_PHASE].scale[-1] == pytest.approx(pixel_nm)
-    assert viewer.scale_bar.visible
+    assert viewer.canvas.overlays.scale_bar.visible
     assert all(str(u) == "nanometer" for u in viewer.layers[_widget.OBJECT_PHASE].units)
     assert viewer.layers[_widget.OBJECT_PHASE].colormap.name == "twilight"  # cyclic
     panels = [_widget.OBJECT_PHASE, _widget.OBJECT_AMPLITUDE, _widget.PROBE, _widget.FRAME,
@@ -294,29 +294,123 @@ def test_reader_opens_our_cxi_ptychodus_and_ptypy_files(tmp_path):
     assert get_reader(str(tmp_path / "unrelated.h5")) is None
 
 
-def test_napari_opens_a_cxi_file_through_the_plugin(make_napari_viewer, tmp_path):
+def _cxi_file(path):
+    """A CXI file as the pipeline writes it: frames, probe and object of one geometry."""
+    from bluesky_ptycho.core.geometry import Geometry
     from bluesky_ptycho.io.cxi import CxiData, write_cxi
 
-    obj = np.exp(1j * np.linspace(-1, 1, 64 * 64).reshape(64, 64)).astype(np.complex64)
-    path = write_cxi(
-        tmp_path / "scan.cxi",
+    g = Geometry(crop_px=64, frame_px=32)
+    obj = np.exp(1j * np.linspace(-1, 1, 96 * 80).reshape(96, 80)).astype(np.complex64)
+    return g, write_cxi(
+        path,
         CxiData(
-            frames=np.ones((2, 16, 16), np.float32),
-            translations_m=np.zeros((2, 3)),
-            energy_ev=800.0,
-            distance_m=0.08,
-            pixel_size_m=(30e-6, 30e-6),
+            frames=np.ones((3, 32, 32), np.float32),
+            translations_m=np.zeros((3, 3)),
+            energy_ev=g.energy_ev,
+            distance_m=g.distance_m,
+            pixel_size_m=(g.frame_pixel_size_m,) * 2,
+            probe=np.ones((32, 32), np.complex64),
             object=obj,
-            object_pixel_size_m=7e-9,
+            object_pixel_size_m=g.object_pixel_size_m,
         ),
     )
+
+
+@pytest.fixture
+def notices():
+    """What napari notifies (its warnings go to the notification manager, not `warnings`)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def _unit_warnings(viewer, notices):
+    """Draw the canvas (napari checks the layers' units as it draws): napari's notices about
+    units so far."""
+    viewer.screenshot(canvas_only=True, flash=False)
+    return {str(n.message) for n in notices if "units" in str(n.message).lower()}
+
+
+def test_napari_picks_our_reader_for_cxi_files_by_itself(make_napari_viewer, tmp_path, notices):
+    """``plugin=None`` is what `napari scan_1.cxi`, File > Open and drag-and-drop do: napari
+    chooses the reader by the file's pattern, and ours is the one for *.cxi. (A bare
+    ``viewer.open(path)`` means ``plugin="napari"`` in napari >= 0.5: its built-in readers
+    only, which know no CXI.)"""
+    from napari.settings import get_settings
+
+    g, path = _cxi_file(tmp_path / "scan_1.cxi")
+    assert "*.cxi" not in get_settings().plugins.extension2reader  # no preference needed
     viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=None)
+    assert [layer.name for layer in layers] == [
+        "scan_1 object phase",
+        "scan_1 object amplitude",
+        "scan_1 probe modes",
+        "scan_1 frames (log)",
+    ]
+    assert {layer.source.reader_plugin for layer in layers} == {"bluesky_ptycho"}
+    # every layer in nm: object and probe at the object's pixel, the frames over their window
+    px = g.object_pixel_size_m * 1e9
+    for layer in layers:
+        assert [str(u) for u in layer.units[-2:]] == ["nanometer", "nanometer"], layer.name
+        assert tuple(layer.scale[-2:]) == pytest.approx((px, px)), layer.name
+    frames = viewer.layers["scan_1 frames (log)"]
+    assert frames.metadata["frequency_step_per_nm"] == pytest.approx(1 / (32 * px))
+    assert [str(u) for u in viewer.layers.units[-2:]] == ["nanometer", "nanometer"]
+    assert _unit_warnings(viewer, notices) == set()
+
+
+def test_every_layer_has_its_scale_in_nm_and_napari_finds_one_unit(
+    make_napari_viewer, tmp_path, notices
+):
+    """The live view's layers (from a stage's documents) beside a file's: one unit, a scale
+    bar in nm, no "Inconsistent units across layers"."""
+    viewer = make_napari_viewer(show=True)
+    widget = LiveView(viewer)
+    px_m, frame = 10e-9, 32
+    rng = np.random.default_rng(1)
+    widget.model(
+        "start",
+        {"uid": "r1", "source_run": "raw1", "scan_id": 1, "ptycho": {"frame_px": frame},
+         "object_grid": {"pixel_size_m": px_m, "origin_m": (-0.5e-6, -0.5e-6)}},
+    )  # fmt: skip
+    obj = np.exp(1j * rng.uniform(-1, 1, (120, 120))).astype(np.complex64)
+    probe = np.ones((2, frame, frame), np.complex64)
+    widget.model(
+        "event", {"data": {"object": obj, "probe": probe, "iteration": 3, "n_measured": 9}}
+    )
+    widget.model("event", {"data": {"frame": np.ones((frame, frame)), "valid": True, "point": 8}})
+    for k, (x, y) in enumerate(rng.uniform(-0.4e-6, 0.4e-6, (9, 2))):
+        widget.model(
+            "event", {"data": {"dpc_x": 0.0, "photons": 1e4 + k, "point": k, "x": x, "y": y}}
+        )
+    widget.model("event", {"data": {"bad": True, "reason": "low flux", "point": 2, "x": 0.1e-6,
+                                    "y": 0.2e-6}})  # fmt: skip
+    widget.refresh()
+    _g, path = _cxi_file(tmp_path / "scan_1.cxi")
     viewer.open(str(path), plugin="bluesky_ptycho")
-    assert "scan object phase" in viewer.layers
+
+    for name in (_widget.OBJECT_PHASE, _widget.OBJECT_AMPLITUDE, _widget.PROBE, _widget.FRAME):
+        assert viewer.layers[name].scale[-1] == pytest.approx(px_m * 1e9), name
+    assert viewer.layers[_widget.PROBE].ndim == 3  # modes, then nm
+    for layer in viewer.layers:
+        assert [str(u) for u in layer.units[-2:]] == ["nanometer", "nanometer"], layer.name
+    assert [str(u) for u in viewer.layers.units] == ["pixel", "nanometer", "nanometer"]
+    assert viewer.canvas.overlays.scale_bar.visible
+    assert _unit_warnings(viewer, notices) == set()
+    # the check can fail: one layer left in pixels, and napari says so
+    viewer.add_image(np.zeros((4, 4)), name="in pixels")
+    assert _unit_warnings(viewer, notices) == {
+        "Inconsistent units across layers; units will not be used for rendering."
+    }
+    widget.close_view()
 
 
 def test_simulate_widget_makes_and_reconstructs_an_experiment_from_an_image(
-    make_napari_viewer, qtbot
+    make_napari_viewer, qtbot, notices
 ):
     viewer = make_napari_viewer()
     yy, xx = np.mgrid[:200, :200]
@@ -333,3 +427,12 @@ def test_simulate_widget_makes_and_reconstructs_an_experiment_from_an_image(
     assert "simulated sample phase" in viewer.layers and "written to" in widget.message.text()
     path = Path(widget.message.text().rsplit("written to ", 1)[1])
     assert get_reader(str(path)) is not None
+
+    # the picture taken as a sample the size of the object grid: it lies under the truth, in nm
+    def span(layer):
+        return np.array(layer.data.shape[-2:]) * layer.scale[-2:]
+
+    assert np.allclose(span(viewer.layers["SEM"]), span(viewer.layers["simulated sample phase"]))
+    assert "'SEM' taken as a" in widget.message.text()
+    assert [str(u) for u in viewer.layers.units] == ["pixel", "nanometer", "nanometer"]
+    assert _unit_warnings(viewer, notices) == set()
