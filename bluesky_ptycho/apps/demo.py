@@ -21,6 +21,8 @@ from bluesky_ptycho.storage.catalog import Catalog
 from bluesky_ptycho.storage.guard import SpoolGuard
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from bluesky_ptycho.callbacks.reconstruct import ReconstructionResult
 
 
@@ -226,34 +228,69 @@ class _Progress:
 def _figure(
     path: Path, r: ReconstructionResult, truth: np.ndarray, region: np.ndarray, err: float
 ) -> Path:
-    import matplotlib
+    fig = demo_figure(r, truth, region, err)
+    fig.savefig(path, dpi=80)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def demo_figure(
+    r: ReconstructionResult, truth: np.ndarray, region: np.ndarray, err: float
+) -> Figure:
+    """The demo's figure: the reconstruction beside the truth, in the sample's coordinates.
+
+    Object panels (the illuminated region, aligned to the truth) have axes in µm —
+    the stage's coordinates, where the probe's centre was at each reading — and a scale
+    bar; the probe panel is its window, in µm about its centre; the probe's colorbar is
+    in photons per object pixel (``|P|²``, all of a frame's photons summed over it).
+    """
+    from matplotlib.figure import Figure
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     obj = align_object(r.object, truth, region).aligned
     c = np.vdot(obj[region], truth[region])
     obj = obj * (c / abs(c))  # shift, phase ramp and global phase removed, as in the error
     ys, xs = np.nonzero(region)
     crop = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    fig, ax = plt.subplots(2, 3, figsize=(13, 8.5), constrained_layout=True)
+    px_um = r.grid.pixel_size_m * 1e6
+    side = r.probe.shape[-1]
+    # stage coordinates (µm) of the object's pixel edges: the grid's origin is where the
+    # probe's centre is when the view's corner sits on pixel (0, 0)
+    x0 = r.grid.origin_m[0] * 1e6 + (xs.min() - side / 2) * px_um
+    y0 = r.grid.origin_m[1] * 1e6 + (ys.min() - side / 2) * px_um
+    h, w = crop[0].stop - crop[0].start, crop[1].stop - crop[1].start
+    sample = (x0, x0 + w * px_um, y0 + h * px_um, y0)
+    window = (-side / 2 * px_um, side / 2 * px_um, side / 2 * px_um, -side / 2 * px_um)
+    px_nm = px_um * 1e3
+    fig = Figure(figsize=(13, 8.5), constrained_layout=True)
+    ax = fig.subplots(2, 3)
     panels = [
-        (np.angle(obj[crop]), "object phase (rad)", "twilight"),
-        (np.abs(obj[crop]) / np.median(np.abs(obj[region])), "object amplitude (rel.)", "gray"),
-        (np.abs(r.probe[0]), "probe amplitude (first mode)", "magma"),
-        (np.angle(truth[crop]), "true phase (rad)", "twilight"),
-        (np.abs(truth[crop]), "true amplitude", "gray"),
-    ]
-    for a, (img, title, cmap) in zip(ax.flat, panels, strict=False):
-        im = a.imshow(img, cmap=cmap)
+        (np.angle(obj[crop]), "object phase", "twilight", sample, "phase (rad)"),
+        (np.abs(obj[crop]) / np.median(np.abs(obj[region])), "object amplitude", "gray",
+         sample, "amplitude (relative to the median)"),
+        (np.abs(r.probe[0]) ** 2, "probe intensity (first mode)", "magma", window,
+         f"photons per pixel ({px_nm:.3g} nm)²"),
+        (np.angle(truth[crop]), "true phase", "twilight", sample, "phase (rad)"),
+        (np.abs(truth[crop]), "true amplitude", "gray", sample, "amplitude (transmission)"),
+    ]  # fmt: skip
+    for a, (img, title, cmap, extent, unit) in zip(ax.flat, panels, strict=False):
+        im = a.imshow(img, cmap=cmap, extent=extent)
         a.set_title(title)
-        a.axis("off")
-        fig.colorbar(im, ax=a, shrink=0.8)
+        a.set_xlabel("x (µm)")
+        a.set_ylabel("y (µm)")
+        fig.colorbar(im, ax=a, shrink=0.8, label=unit)
+        length_um = _nice_length(0.25 * (extent[1] - extent[0]))
+        label = f"{length_um:g} µm" if length_um >= 1 else f"{length_um * 1e3:g} nm"
+        a.add_artist(AnchoredSizeBar(a.transData, length_um, label, "lower right", pad=0.4,
+                                     color="white", frameon=False, size_vertical=px_um))  # fmt: skip
     a = ax[1, 2]
     a.semilogy(np.arange(1, len(r.errors) + 1), r.errors)
     a.set_xlabel("iteration")
     a.set_ylabel("data error")
     a.set_title(f"object error {err:.3f}")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def _nice_length(at_most: float) -> float:
+    """The longest 1, 2 or 5 × 10ⁿ not over *at_most* (> 0)."""
+    decade = 10.0 ** np.floor(np.log10(at_most))
+    return float(max(m * decade for m in (1, 2, 5) if m * decade <= at_most))

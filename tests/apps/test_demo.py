@@ -1,5 +1,7 @@
 """The demo end to end through the real RunEngine, and the command line."""
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -135,3 +137,48 @@ def test_import_is_light():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_demo_figure_has_axes_in_um_scale_bars_and_the_probe_colorbar_unit(tmp_path):
+    from matplotlib.offsetbox import AnchoredOffsetbox
+
+    from bluesky_ptycho.apps.demo import _figure, demo_figure
+    from bluesky_ptycho.callbacks.reconstruct import ReconstructionResult
+    from bluesky_ptycho.core.metrics import illuminated_region, object_error
+    from bluesky_ptycho.core.ptycho import ObjectGrid
+
+    rng = np.random.default_rng(0)
+    truth = np.exp(1j * rng.uniform(-1, 1, (100, 100))).astype(np.complex64)
+    yy, xx = np.mgrid[:32, :32] - 15.5
+    probe = np.exp(-(xx**2 + yy**2) / 50)[None].astype(np.complex64)
+    illumination = np.zeros((100, 100))
+    illumination[20:80, 30:90] = 1.0
+    grid = ObjectGrid(shape=(100, 100), origin_m=(-1.0e-6, -0.5e-6), pixel_size_m=20e-9)
+    r = ReconstructionResult(object=truth * np.exp(0.3j), probe=probe, grid=grid,
+                             errors=[1.0, 0.5, 0.2], weights=np.ones(10),
+                             illumination=illumination)  # fmt: skip
+    region = illuminated_region(illumination, 0.3)
+    fig = demo_figure(r, truth, region, object_error(r.object, truth, region))
+    images = [a for a in fig.axes if a.images and a.get_title()]
+    assert [a.get_title() for a in images] == [
+        "object phase", "object amplitude", "probe intensity (first mode)",
+        "true phase", "true amplitude",
+    ]  # fmt: skip
+    for a in images:
+        assert (a.get_xlabel(), a.get_ylabel()) == ("x (µm)", "y (µm)")
+        bars = [c for c in a.get_children() if isinstance(c, AnchoredOffsetbox)]
+        assert len(bars) == 1, a.get_title()
+    phase = images[0]
+    # the illuminated region's columns 30..89, rows 20..79, in stage µm (probe centre at 16 px)
+    x0 = -1.0 + (30 - 16) * 0.02
+    y0 = -0.5 + (20 - 16) * 0.02
+    assert phase.images[0].get_extent() == pytest.approx([x0, x0 + 1.2, y0 + 1.2, y0])
+    assert images[2].images[0].get_extent() == pytest.approx([-0.32, 0.32, 0.32, -0.32])
+    labels = [a.get_ylabel() for a in fig.axes if not a.get_title()]  # the colorbars
+    assert "photons per pixel (20 nm)²" in labels and "phase (rad)" in labels
+    (bar,) = [c for c in phase.get_children() if isinstance(c, AnchoredOffsetbox)]
+    assert bar.txt_label.get_text() == "200 nm"  # 1, 2 or 5 × 10ⁿ, a quarter of 1.2 µm at most
+    png = _figure(tmp_path / "demo.png", r, truth, region, 0.1)
+    assert png.stat().st_size > 10_000
+    if FIGURE_DIR := os.environ.get("BLUESKY_PTYCHO_FIGURE"):
+        shutil.copy(png, FIGURE_DIR)
