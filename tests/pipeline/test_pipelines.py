@@ -54,7 +54,8 @@ def test_default_and_a_custom_file_are_valid(tmp_path):
     [
         (
             ("[stages.frame_cleaning]", '[stages.frame_cleaning]\nstage = "frame_cleanin"'),
-            r"pipe\.toml: stages\.frame_cleaning: no stage named 'frame_cleanin' is installed; use one "
+            r"pipe\.toml: stages\.frame_cleaning: no stage named 'frame_cleanin' is installed; "
+            r"did you mean 'frame_cleaning'\? use one "
             r"of dark_statistics, frame_cleaning, .*install the package",
         ),
         (
