@@ -385,6 +385,8 @@ def one_case(
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("bluesky-ptycho")),
+            # the older spellings of --pipeline, --listen, --control and --results, which
+            # the versions of the back-end this compares (serve_code) all understand
             "serve", str(pipeline),
             "--port", str(port),
             "--control-port", str(control_port),

@@ -63,12 +63,14 @@ def run_demo(
     catalog: Catalog | None = None,
     log_dir: str | Path | None = None,
     spool_wait: float = 120.0,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> DemoResult:
     """Run a simulated scan with live reconstruction; write CXI and a PNG under *output*.
 
-    *pipeline* is a pipeline file (the package's default when None; *device*
-    and *final_iterations* override it). With a *catalog*, the raw frames go
-    to its raw folder and every run (raw and derived) is stored in it;
+    *pipeline* is a pipeline file (the package's default when None; *device*,
+    *params* (``{stage: {name: value}}``) and *final_iterations* override it).
+    With a *catalog*, the raw frames go to its raw folder and every run (raw
+    and derived) is stored in it;
     without, the frames go to ``<output>/raw``. If the spool cannot be written
     the scan pauses (:class:`~bluesky_ptycho.storage.guard.SpoolGuard`) and, after
     *spool_wait* seconds without space, fails: the RunEngine's error is raised.
@@ -80,10 +82,11 @@ def run_demo(
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    params = None
+    params = {k: dict(v) for k, v in (params or {}).items()}
     if final_iterations is not None:
-        params = {"reconstruction": {"final_iterations": final_iterations}}
-    pipe = Pipeline(pipeline, device=device, output_dir=output, params=params, log_dir=log_dir)
+        params.setdefault("reconstruction", {})["final_iterations"] = final_iterations
+    pipe = Pipeline(pipeline, device=device, output_dir=output, params=params or None,
+                    log_dir=log_dir)  # fmt: skip
     RE = RunEngine({})
     stage = SampleStage(name="stage")
     shutter = Shutter(name="shutter")

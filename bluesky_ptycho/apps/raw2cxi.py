@@ -129,6 +129,7 @@ def raw_to_cxi(
     settings: dict[str, Any] | None = None,
     progress: bool = False,
     positions_m: np.ndarray | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> Raw2CxiResult:
     """Clean the raw frames of one scan into a CXI file, through the live pipeline's stages.
 
@@ -143,6 +144,10 @@ def raw_to_cxi(
         The CXI file to write.
     settings : dict, optional
         Cleaning parameters (the ``frame_cleaning`` stage's: ``threshold_adu``, …).
+    params : dict, optional
+        Parameters of any of the stages of ``pipeline/raw2cxi.toml`` by stage,
+        ``{"frame_cleaning": {"threshold_adu": 12}}`` (what ``--set
+        frame_cleaning.threshold_adu=12`` gives); over *settings* and *batch_size*.
     positions_m : (N, 2) array, optional
         Where each frame was taken (x, y in m); default: the stage's readbacks the
         metadata recorded (``measured_positions_m``, written by the demo), the planned
@@ -169,9 +174,11 @@ def raw_to_cxi(
             f"{frames_path} holds {n} frames but the positions given have shape "
             f"{positions.shape}; expected ({n}, 2) (x, y in m)"
         )
-    params = {"frame_cleaning": {"batch_size": batch_size, **(settings or {})}}
+    given = {"frame_cleaning": {"batch_size": batch_size, **(settings or {})}}
+    for key, values in (params or {}).items():
+        given[key] = {**given.get(key, {}), **values}
     pipe = Pipeline(RAW2CXI, device=device, output_dir=output.parent, cxi_name=output.name,
-                    params=params)  # fmt: skip
+                    params=given)  # fmt: skip
     bar = None
     if progress:
         from tqdm import tqdm

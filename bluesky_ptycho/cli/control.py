@@ -12,8 +12,13 @@ HELP = "abort, clear or reset the back-end's pipeline, or set stage parameters"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("abort", "clear", "reset", "set"))
-    options.assignments(p, "STAGE.KEY=VALUE", "reconstruction.final_iterations=100")
+    p.add_argument(
+        "action",
+        choices=("abort", "clear", "reset", "set"),
+        help="abort: stop the runs in progress; clear: forget the finished runs; reset: both, "
+        "and the parameters back to the pipeline file's; set: change parameters (--set)",
+    )
+    options.assignments(p)
     options.back_end(p)
 
 

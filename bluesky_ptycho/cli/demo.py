@@ -13,19 +13,50 @@ HELP = "simulated scan with live reconstruction, end to end"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--points", type=int, default=400, help="scan points (default 400)")
-    p.add_argument("--pattern", choices=("fermat", "raster"), default="fermat")
-    p.add_argument("--step", type=float, default=100e-9, help="step between points in m")
-    p.add_argument("--darks", type=int, default=25, help="dark frames (default 25)")
+    p.add_argument(
+        "--points", type=int, default=400, metavar="N", help="scan points (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pattern",
+        choices=("fermat", "raster"),
+        default="fermat",
+        help="scan pattern: fermat (a Fermat spiral, no periodic grid artefacts) or raster "
+        "(rows) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--step",
+        type=float,
+        default=100e-9,
+        metavar="M",
+        help="distance between neighbouring scan points, in metres (default: %(default)s m, "
+        "100 nm)",
+    )
+    p.add_argument(
+        "--darks",
+        type=int,
+        default=25,
+        metavar="N",
+        help="dark frames taken before the scan, shutter closed (default: %(default)s)",
+    )
     options.device(p)
     p.add_argument(
         "--final-iterations",
         type=int,
-        help="iterations after the last frame (default: the pipeline file's)",
+        metavar="N",
+        help="reconstruction iterations after the last frame (default: the pipeline file's "
+        "reconstruction.final_iterations)",
     )
-    p.add_argument("--output", type=Path, default=Path("out/demo"), help="output folder")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("out/demo"),
+        metavar="DIR",
+        help="folder for the CXI file, the figure and scan_<id>.json, relative to the current "
+        "directory (created if missing; default: %(default)s)",
+    )
     options.quiet(p)
     options.pipeline(p)
+    options.assignments(p, example="reconstruction.algorithm=lsqml")
     options.catalog(p, optional=True)
     p.add_argument(
         "--spool-wait",
@@ -33,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=120.0,
         metavar="S",
         help="if the spool cannot be written (a full disk), the scan waits S seconds for "
-        "space, then fails (default %(default)s)",
+        "space, then fails (default: %(default)s)",
     )
 
 
@@ -43,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         backend(args.device)  # says clearly when CuPy or a GPU is missing
     from bluesky_ptycho.apps.demo import run_demo
+    from bluesky_ptycho.pipeline.assignments import check_assignments, stage_assignments
+    from bluesky_ptycho.pipeline.files import load_pipeline
     from bluesky_ptycho.storage.paths import log_dir
 
+    params = stage_assignments(args.set)
+    check_assignments(params, load_pipeline(args.pipeline))
     t0 = time.perf_counter()
     catalog = options.open_catalog(args)
     try:
@@ -61,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             catalog=catalog,
             log_dir=log_dir(),
             spool_wait=args.spool_wait,
+            params=params,
         )
     finally:
         if catalog is not None:

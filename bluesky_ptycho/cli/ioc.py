@@ -34,13 +34,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--travel", type=_pair, default=d.travel, help="hardware travel LOW,HIGH (limit switches)"
     )
-    p.add_argument("--velocity", type=float, default=d.velocity, help="EGU/s")
+    p.add_argument("--velocity", type=float, default=d.velocity, help="motor speed, EGU/s")
     p.add_argument(
-        "--settle-sigma", type=float, default=d.settle_sigma, help="settling error σ after a move"
+        "--settle-sigma",
+        type=float,
+        default=d.settle_sigma,
+        help="settling error σ after a move (EGU)",
     )
     p.add_argument("--jitter-sigma", type=float, default=d.jitter_sigma, help="jitter σ (EGU)")
     p.add_argument("--jitter-tau", type=float, default=d.jitter_tau, help="jitter time scale (s)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="random seed of the jitter, settling and frames"
+    )
     p.add_argument("--no-defects", action="store_true", help="an ideal camera (no FCCD defects)")
     p.add_argument(
         "--interfaces",

@@ -10,7 +10,13 @@ HELP = "make CURVE keys for a back-end beyond localhost"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", type=Path)
+    p.add_argument(
+        "folder",
+        type=Path,
+        metavar="DIR",
+        help="folder to write the server's and a client's key pairs into (created if missing; "
+        "refused if it holds keys already); serve --keys DIR on the back-end",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ HELP = "print a run's log (the latest by default)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", help="scan id (a number), or uid (or its start)")
+    p.add_argument(
+        "run", nargs="?", help="scan id (a number), or uid (or its start) (default: the latest run)"
+    )
     p.add_argument(
         "--uid", action="store_true", help="read RUN as a uid prefix even if it is all digits"
     )

@@ -16,31 +16,52 @@ HELP = "reconstruct a CXI 1.6 ptychography file (probe and object out)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from bluesky_ptycho.core.solvers import ALGORITHMS
 
-    p.add_argument("input", type=Path, help="CXI file to read")
-    p.add_argument("-o", "--output", type=Path, required=True, help="CXI file to write")
-    p.add_argument("--algorithm", default="rpie", choices=ALGORITHMS, help="solver (default rpie)")
+    p.add_argument("input", type=Path, metavar="FILE", help="CXI 1.6 file to read")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE", help="CXI file to write"
+    )
+    p.add_argument(
+        "--algorithm", default="rpie", choices=ALGORITHMS, help="solver (default: %(default)s)"
+    )
     p.add_argument(
         "--iterations",
         type=int,
         default=200,
-        help="most iterations (default 200); iterating stops earlier once the object has "
-        "converged (option stop_tolerance, default 0.002 of its norm still to go)",
+        metavar="N",
+        help="most iterations (default: %(default)s); iterating stops earlier once the object "
+        "has converged (solver option stop_tolerance: the fraction of its norm still to go)",
     )
     p.add_argument(
         "--no-stop",
         action="store_true",
         help="run all --iterations, without the convergence stop",
     )
-    p.add_argument("--modes", type=int, default=1, help="incoherent probe modes (default 1)")
+    p.add_argument(
+        "--modes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="incoherent probe modes (default: %(default)s)",
+    )
     options.device(p, default="cpu")
-    options.assignments(p, "KEY=VALUE", "batch_size=32")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a solver option, e.g. --option batch_size=32 (`bluesky-ptycho stages "
+        "reconstruction` lists each solver's with range and unit; repeatable; default: the "
+        "solver's defaults)",
+    )
+    # the older spelling of --option, hidden; run() says so
+    p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument(
         "--defocus",
         type=float,
         default=0.0,
         metavar="M",
-        help="sample distance from the focus in m, for the probe estimated from the mean "
-        "pattern when the file has no probe guess",
+        help="sample distance from the focus, in metres, for the probe estimated from the mean "
+        "pattern when the file has no probe guess (default: %(default)s)",
     )
     p.add_argument(
         "--mpi",
@@ -62,7 +83,14 @@ def run(args: argparse.Namespace) -> int:
     from bluesky_ptycho.apps.reconstruct import half_data_frc, reconstruct_cxi
     from bluesky_ptycho.pipeline.assignments import parse_assignments
 
-    settings = parse_assignments(args.set)
+    if args.set:
+        options.deprecated(
+            "reconstruct",
+            " ".join(f"--set {p}" for p in args.set),
+            " ".join(f"--option {p}" for p in args.set) + " (--set names a pipeline stage's "
+            "parameter elsewhere)",
+        )
+    settings = parse_assignments(args.option + args.set, "--option")
     comm = None
     if args.mpi:
         from mpi4py import MPI

@@ -15,8 +15,10 @@ HELP = "process a stored run again through a pipeline (new derived runs)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="uid (or its start), or scan id, of a stored raw run")
     options.device(p)
-    options.assignments(p, "STAGE.KEY=VALUE", "reconstruction.algorithm=lsqml")
-    p.add_argument("--output", type=Path, help="also write a CXI file here")
+    options.assignments(p, example="reconstruction.algorithm=lsqml")
+    p.add_argument(
+        "--output", type=Path, metavar="FILE", help="also write a CXI file here (default: none)"
+    )
     options.quiet(p)
     options.pipeline(p)
     options.catalog(p)
@@ -26,10 +28,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bluesky_ptycho.apps.replay import replay
-    from bluesky_ptycho.pipeline.assignments import stage_assignments
+    from bluesky_ptycho.pipeline.assignments import check_assignments, stage_assignments
+    from bluesky_ptycho.pipeline.files import load_pipeline
     from bluesky_ptycho.storage.paths import log_dir
 
     params = stage_assignments(args.set)
+    check_assignments(params, load_pipeline(args.pipeline))
     cat = options.open_catalog(args)
     assert cat is not None
     try:

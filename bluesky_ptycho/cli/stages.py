@@ -9,7 +9,9 @@ HELP = "the installed stages: inputs, outputs, parameters"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("names", nargs="*", help="only these stages")
+    p.add_argument(
+        "names", nargs="*", metavar="STAGE", help="only these stages (default: every installed one)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,9 @@ HELP = "the back-end's stages: frames in/out, backlog, rate, errors, heartbeat"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.back_end(p)
-    p.add_argument("--watch", type=float, metavar="S", help="print again every S seconds")
+    p.add_argument(
+        "--watch", type=float, metavar="S", help="print again every S seconds (default: once)"
+    )
     p.add_argument("--json", action="store_true", help="the raw status as JSON")
 
 

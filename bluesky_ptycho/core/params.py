@@ -19,6 +19,7 @@ Pure Python: no framework, no NumPy needed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -89,7 +90,10 @@ class Param:
         if not kind_ok:
             return f"is a {_toml_type(value)}; expected {self.expected()}"
         if self.choices is not None and value not in self.choices:
-            return f"is not one of {list(self.choices)}"
+            near = close_to(value, map(str, self.choices)) if isinstance(value, str) else None
+            return f"is not one of {list(self.choices)}" + (
+                f"; did you mean {near!r}?" if near is not None else ""
+            )
         if self.length is not None and len(value) != self.length:
             return f"has {len(value)} values; expected {self.length}"
         numbers = (
@@ -237,13 +241,31 @@ def params_of(
     )
 
 
+def close_to(name: str, known: Iterable[str]) -> str | None:
+    """The one of *known* that *name* most likely misspells, or None when none is close."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown(name: str, known: Iterable[str], what: str = "names") -> str:
+    """The fix for an unknown *name*: ``did you mean 'x'?`` when one of *known* is close, else
+    the whole list (``the names are [...]``)."""
+    known = sorted(known)
+    near = close_to(name, known)
+    return f"did you mean {near!r}?" if near is not None else f"the {what} are {known}"
+
+
 def problems(params: Iterable[Param], values: Mapping[str, Any], owner: str) -> dict[str, str]:
-    """What is wrong with *values* by name, against *params* (unknown names too); empty: fine."""
+    """What is wrong with *values* by name, against *params* (unknown names too); empty: fine.
+
+    An unknown name is answered with the closest known one (``did you mean
+    'final_iterations'?``), or the list of them when none is close.
+    """
     known = {p.name: p for p in params}
     out = {}
     for name, value in values.items():
         if name not in known:
-            out[name] = f"is not a parameter of {owner}; its parameters are {sorted(known)}"
+            out[name] = f"is not a parameter of {owner}; {unknown(name, known, 'parameters')}"
         elif (why := known[name].problem(value)) is not None:
             out[name] = why
     return out

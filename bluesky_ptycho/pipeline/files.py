@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bluesky_ptycho.core.params import close_to, unknown
 from bluesky_ptycho.plugins import available_stages, load_stage
 from bluesky_ptycho.plugins.stage import RAW
 
@@ -73,8 +74,8 @@ class PipelineSpec:
             if key not in stages:
                 raise PipelineFileError(
                     [
-                        f"{self.source}: no stage {key!r} to set parameters of; its stages are "
-                        f"{list(stages)}"
+                        f"{self.source}: no stage {key!r} to set parameters of; "
+                        f"{unknown(key, stages, 'stages')}"
                     ]
                 )
             stages[key].params.update(values)
@@ -119,9 +120,14 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineSpec:
     """Validate a pipeline already read from TOML (see :func:`load_pipeline`)."""
     problems: list[str] = []
     for key in sorted(set(data) - {"pipeline", "stages"}):
+        near = close_to(key, ("pipeline", "stages"))
         problems.append(
-            f"{source}: [{key}] is not a section of a pipeline file; the sections are "
-            "[pipeline] and [stages.NAME]"
+            f"{source}: [{key}] is not a section of a pipeline file; "
+            + (
+                f"did you mean [{near}]?"
+                if near
+                else "the sections are [pipeline] and [stages.NAME]"
+            )
         )
     head = data.get("pipeline", {})
     if not isinstance(head, dict):
@@ -131,7 +137,7 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineSpec:
         head = {}
     for key in sorted(set(head) - _PIPELINE_KEYS):
         problems.append(
-            f"{source}: pipeline.{key} is not a setting; the settings are {sorted(_PIPELINE_KEYS)}"
+            f"{source}: pipeline.{key} is not a setting; {unknown(key, _PIPELINE_KEYS, 'settings')}"
         )
     stages: dict[str, StageSpec] = {}
     tables = data.get("stages", {})
@@ -151,9 +157,15 @@ def parse_pipeline(data: dict, source: str = "<pipeline>") -> PipelineSpec:
             problems.append(f"{where} must be a table ([stages.{key}])")
             continue
         for extra in sorted(set(table) - _STAGE_KEYS):
+            near = close_to(extra, _STAGE_KEYS)
             problems.append(
-                f"{where}.{extra} is not a stage setting; put parameters under "
-                f"stages.{key}.params (the settings are {sorted(_STAGE_KEYS)})"
+                f"{where}.{extra} is not a stage setting; "
+                + (
+                    f"did you mean {near!r}?"
+                    if near
+                    else f"put parameters under stages.{key}.params (the settings are "
+                    f"{sorted(_STAGE_KEYS)})"
+                )
             )
         inputs = table.get("inputs", [])
         if not (isinstance(inputs, list) and all(isinstance(i, str) for i in inputs)):
@@ -196,10 +208,12 @@ def _validated(spec: PipelineSpec) -> PipelineSpec:
         try:
             classes[key] = s.cls
         except LookupError:
+            near = close_to(s.stage, available_stages())
             problems.append(
-                f"{src}: stages.{key}: no stage named {s.stage!r} is installed; use one of "
-                f"{', '.join(available_stages())} (bluesky-ptycho stages describes them), or "
-                "install the package that provides it"
+                f"{src}: stages.{key}: no stage named {s.stage!r} is installed; "
+                + (f"did you mean {near!r}? " if near else "")
+                + f"use one of {', '.join(available_stages())} (bluesky-ptycho stages describes "
+                "them), or install the package that provides it"
             )
             continue
         if s.where not in WHERE:
@@ -219,9 +233,13 @@ def _validated(spec: PipelineSpec) -> PipelineSpec:
     for key, s in spec.stages.items():
         for name in s.inputs:
             if name != RAW and name not in spec.stages:
+                near = close_to(name, [RAW, *spec.stages])
                 problems.append(
                     f"{src}: stages.{key}.inputs names {name!r}, which is not a stage "
-                    f"of this file; use {RAW!r} or one of {list(spec.stages)}"
+                    f"of this file; "
+                    + (f"did you mean {near!r}?" if near else "")
+                    + f"{' (' if near else ''}use {RAW!r} or one of {list(spec.stages)}"
+                    + (")" if near else "")
                 )
     if problems:
         raise PipelineFileError(problems)

@@ -43,9 +43,14 @@ def load_stage(name: str) -> Any:
     """
     eps = _entry_points()
     if name not in eps:
+        from bluesky_ptycho.core.params import close_to
+
         known = ", ".join(sorted(eps)) or "none: is bluesky_ptycho installed (pip install -e .)?"
+        near = close_to(name, eps)
         raise LookupError(
-            f"no stage named {name!r} is installed (entry-point group {GROUP!r}); known: {known}"
+            f"no stage named {name!r} is installed (entry-point group {GROUP!r}); "
+            + (f"did you mean {near!r}? " if near else "")
+            + f"known: {known}"
         )
     return eps[name].load()
 

@@ -4,7 +4,7 @@
   multipart message each (msgpack header, arrays as raw buffers), decoded
   strictly; nothing is pickled, so a message can never run code.
 - :mod:`.publisher`: the RunEngine side (``RE.subscribe(Publisher())``).
-- :mod:`.server`: ``bluesky-ptycho serve PIPELINE.toml``, the back-end.
+- :mod:`.server`: ``bluesky-ptycho serve --pipeline FILE``, the back-end.
 - :mod:`.control`: commands and status (``bluesky-ptycho status``).
 - :mod:`.security`: CURVE keys (``bluesky-ptycho keys``).
 - :mod:`.mpi`: a reconstruction split into regions over MPI ranks.

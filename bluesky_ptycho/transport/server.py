@@ -1,4 +1,4 @@
-"""The back-end: ``bluesky-ptycho serve PIPELINE.toml``.
+"""The back-end: ``bluesky-ptycho serve --pipeline FILE``.
 
 A :class:`Server` takes documents from its PULL socket (one per message,
 decoded strictly by :mod:`bluesky_ptycho.io.codec`), drops duplicates, and

@@ -2,7 +2,7 @@
 
 ``bluesky-ptycho serve`` publishes every document its stages emit
 (snapshots, iterations, cleaned frames, STXM, quality verdicts and beam
-state) on ``--snapshot-port`` (5579). A viewer, the quality feedback of a
+state) on ``--results`` (port 5579). A viewer, the quality feedback of a
 suspender, or a rescan planner on another machine subscribe with
 :class:`SnapshotSubscriber`, which calls its subscribers with ``(name,
 doc)`` just as an in-process :class:`~bluesky_ptycho.pipeline.runner.Pipeline`
@@ -96,7 +96,7 @@ class SnapshotSubscriber:
     Parameters
     ----------
     address : str
-        ``tcp://host:port`` of ``serve --snapshot-port``; localhost's 5579 by default.
+        ``tcp://host:port`` of ``serve --results``; localhost's 5579 by default.
     keys : path-like, optional
         The folder ``bluesky-ptycho keys`` made, for a back-end with CURVE keys.
     """

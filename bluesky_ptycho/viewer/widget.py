@@ -103,7 +103,7 @@ class LiveView(QWidget):
         lay = QVBoxLayout(self)
         row = QHBoxLayout()
         self.address = QLineEdit("tcp://127.0.0.1:5579")
-        self.address.setToolTip("results address of `bluesky-ptycho serve` (its --snapshot-port)")
+        self.address.setToolTip("results address of `bluesky-ptycho serve` (its --results)")
         self.connect_button = QPushButton("Follow back-end")
         self.connect_button.clicked.connect(self._follow_clicked)
         row.addWidget(self.address)

@@ -158,7 +158,7 @@ def test_frames_with_nan_or_inf_pixels_are_left_out_and_counted(good, tmp_path, 
 def test_check_refuses_each_bad_pipeline_file_in_words(tmp_path, capsys, text, words):
     path = tmp_path / "p.toml"
     path.write_text(text)
-    rc = main(["check", str(path)])
+    rc = main(["check", "--pipeline", str(path)])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
     assert words in err, err

@@ -64,7 +64,15 @@ def test_reconstruct_reports_what_is_wrong(cxi, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert (
         main(
-            ["reconstruct", str(path), "-o", str(tmp_path / "o.cxi"), "--quiet", "--set", "alpha=2"]
+            [
+                "reconstruct",
+                str(path),
+                "-o",
+                str(tmp_path / "o.cxi"),
+                "--quiet",
+                "--option",
+                "alpha=2",
+            ]
         )
         == 2
     )

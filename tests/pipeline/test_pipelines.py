@@ -45,8 +45,8 @@ def test_default_and_a_custom_file_are_valid(tmp_path):
     ]
     spec = load_pipeline(_file(tmp_path, GOOD))
     assert spec.stages["reconstruction"].params == {"final_iterations": 5}
-    assert main(["check", str(DEFAULT)]) == 0
-    assert main(["check", str(DEFAULT.with_name("backend.toml"))]) == 0
+    assert main(["check", "--pipeline", str(DEFAULT)]) == 0
+    assert main(["check", "--pipeline", str(DEFAULT.with_name("backend.toml"))]) == 0
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,8 @@ def test_default_and_a_custom_file_are_valid(tmp_path):
     [
         (
             ("[stages.frame_cleaning]", '[stages.frame_cleaning]\nstage = "frame_cleanin"'),
-            r"pipe\.toml: stages\.frame_cleaning: no stage named 'frame_cleanin' is installed; use one "
+            r"pipe\.toml: stages\.frame_cleaning: no stage named 'frame_cleanin' is installed; "
+            r"did you mean 'frame_cleaning'\? use one "
             r"of dark_statistics, frame_cleaning, .*install the package",
         ),
         (
@@ -133,7 +134,7 @@ def test_each_malformed_file_is_reported_with_file_key_and_fix(tmp_path, change,
         load_pipeline(path)
     # the command line says the same, with exit status 2 and nothing run
     result = subprocess.run(
-        [BIN / "bluesky-ptycho", "check", str(path)], capture_output=True, text=True
+        [BIN / "bluesky-ptycho", "check", "--pipeline", str(path)], capture_output=True, text=True
     )
     assert result.returncode == 2 and str(path) in result.stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from bluesky_ptycho.core.params import unknown
 from bluesky_ptycho.core.solvers.base import Solver
 from bluesky_ptycho.core.solvers.lsqml import LSQML
 from bluesky_ptycho.core.solvers.options import SolverOptions
@@ -38,10 +39,13 @@ def make_options(algorithm: str, **values: Any) -> SolverOptions:
     """
     cls = solver_class(algorithm).Options
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
+    extra = sorted(set(values) - known)
+    if extra:
         raise ValueError(
-            f"{cls.__name__} has no option(s) {unknown}; its options are {sorted(known)}"
+            "; ".join(
+                f"{cls.__name__} has no option {name!r}: {unknown(name, known, 'options')}"
+                for name in extra
+            )
         )
     if algorithm.lower() == "epie":
         values = {"alpha": 1.0, "beta": 1.0, **values}

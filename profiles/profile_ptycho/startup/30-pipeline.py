@@ -16,7 +16,7 @@ if backend:
     )
     RE.subscribe(publisher)
     # the back-end's results (verdicts, snapshots) come back on its PUB socket (serve's
-    # --snapshot-port, 5579 by default): what the suspender, the rescans and a viewer follow
+    # --results, port 5579 by default): what the suspender, the rescans and a viewer follow
     from bluesky_ptycho.transport.snapshots import SnapshotSubscriber
 
     _host, _, _port = backend.rpartition(":")
