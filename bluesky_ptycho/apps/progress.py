@@ -162,6 +162,10 @@ class Progress:
                 i, error, used = self.iteration
                 self._bar.set_postfix(iteration=i, error=f"{error:.3g}", frames=used,
                                       refresh=False)  # fmt: skip
+                now = time.monotonic()
+                if now - self._at >= 0.2:  # (the count stands still in the final iterations)
+                    self._bar.refresh()
+                    self._at = now
             return
         if self.tty or not self.phase_name or self.phase_name == "starting":
             return

@@ -6,8 +6,10 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import select
 import struct
 import termios
+import time
 
 import pytest
 from event_model import compose_run
@@ -97,20 +99,32 @@ def test_on_a_terminal_it_is_a_bar_labelled_with_the_phase():
         raw = _raw_scan(3, 0)
         for name, doc in raw:
             bar.raw(name, doc)
+        rows = [{"iteration": 41, "data_error": 0.0125, "n_measured": 3}]
+        time.sleep(0.3)
+        for name, doc in _stage_run(raw[0][1], "iteration", rows):
+            bar.derived(name, doc)  # the final iterations: the count stands, the bar is redrawn
+        tty.flush()
+        before_close = _read(master)
         bar.close()
+    text = before_close + _read(master)
+    os.close(master)
+    assert "starting: opening the catalog\n" in text.replace("\r\n", "\n")
+    assert "scan:" in text and "3/3" in text and "final iterations:" in text
+    assert "iteration=41" in before_close and "error=0.0125" in before_close
+
+
+def _read(fd: int) -> str:
+    """What the terminal's other end has written so far."""
     chunks = []
-    while True:
+    while select.select([fd], [], [], 0.5)[0]:
         try:
-            chunk = os.read(master, 65536)
-        except OSError:  # (the terminal's other end is closed: all is read)
+            chunk = os.read(fd, 65536)
+        except OSError:  # (the other end is closed: all is read)
             break
         if not chunk:
             break
         chunks.append(chunk)
-    os.close(master)
-    text = b"".join(chunks).decode()
-    assert "starting: opening the catalog\n" in text.replace("\r\n", "\n")
-    assert "scan:" in text and "3/3" in text and "final iterations:" in text
+    return b"".join(chunks).decode()
 
 
 @pytest.mark.slow
