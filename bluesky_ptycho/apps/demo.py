@@ -7,13 +7,13 @@ the checks run the same code.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from bluesky_ptycho.apps.progress import Progress
 from bluesky_ptycho.core.metrics import align_object, illuminated_region, object_error
 from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.pipeline.runner import Pipeline
@@ -56,7 +56,7 @@ def run_demo(
     device: str | None = None,
     final_iterations: int | None = None,
     output: Path | str = Path("out/demo"),
-    progress: bool = True,
+    progress: bool | Progress = True,
     keep_documents: bool = False,
     figure: bool = True,
     pipeline: str | Path | None = None,
@@ -74,6 +74,8 @@ def run_demo(
     without, the frames go to ``<output>/raw``. If the spool cannot be written
     the scan pauses (:class:`~bluesky_ptycho.storage.guard.SpoolGuard`) and, after
     *spool_wait* seconds without space, fails: the RunEngine's error is raised.
+    *progress* (True, or a :class:`~bluesky_ptycho.apps.progress.Progress` already
+    started) shows the phases on stderr: starting, scan, final iterations, saving.
     """
     from bluesky import RunEngine
 
@@ -85,8 +87,13 @@ def run_demo(
     params = {k: dict(v) for k, v in (params or {}).items()}
     if final_iterations is not None:
         params.setdefault("reconstruction", {})["final_iterations"] = final_iterations
+    bar = progress if isinstance(progress, Progress) else Progress(num_points) if progress else None
+    if bar is not None:
+        bar.phase("starting", "building the pipeline")
     pipe = Pipeline(pipeline, device=device, output_dir=output, params=params or None,
                     log_dir=log_dir)  # fmt: skip
+    if bar is not None:
+        bar.phase("starting", f"the simulated beamline (stages: {', '.join(pipe.spec.stages)})")
     RE = RunEngine({})
     stage = SampleStage(name="stage")
     shutter = Shutter(name="shutter")
@@ -103,9 +110,9 @@ def run_demo(
     RE.subscribe(pipe)
     record = _ScanRecord()
     RE.subscribe(record)
-    bar = _Progress(num_points, pipe) if progress else None
     if bar is not None:
         RE.subscribe(bar.raw)
+        pipe.subscribe(bar.derived)
     plan = ptycho_scan(
         fccd, stage, shutter, num_points=num_points, step=step, pattern=pattern, num_darks=num_darks
     )
@@ -115,7 +122,7 @@ def run_demo(
     run = pipe.wait(uid, timeout=600)
     t_done = time.perf_counter() - t0
     if bar is not None:
-        bar.close()
+        bar.phase("saving", "the catalog and the figure" if catalog is not None else "the figure")
     stored = False
     if catalog is not None:  # in the catalog and read back: the raw run and what it made
         w = catalog.writer
@@ -128,6 +135,8 @@ def run_demo(
     err = object_error(r.object, truth, region)
     fig = _figure(output / "demo.png", r, truth, region, err) if figure else None
     record.write(output)
+    if bar is not None:
+        bar.close()
     return DemoResult(
         uid=uid,
         num_points=num_points,
@@ -193,39 +202,6 @@ class _ScanRecord:
             start["ptycho"] = {**start.get("ptycho", {}), "measured_positions_m": self.measured}
         path.write_text(json.dumps({**start, "files": self.files}, indent=1))
         return path
-
-
-class _Progress:
-    """A tqdm bar over scan points, with the reconstruction's epoch and error."""
-
-    def __init__(self, total: int, pipeline: Pipeline) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="pt", desc="scan", dynamic_ncols=True)
-        self._primary: set[str] = set()
-        self._iteration: set[str] = set()
-        self._post = {"iteration": 0, "error": float("nan")}
-        pipeline.subscribe(self.derived)
-
-    def raw(self, name: str, doc: dict) -> None:
-        if name == "descriptor" and doc.get("name") == "primary":
-            self._primary.add(doc["uid"])
-        elif name == "event" and doc["descriptor"] in self._primary:
-            self.bar.update(1)
-
-    def derived(self, name: str, doc: Mapping[str, Any]) -> None:
-        if name == "descriptor" and doc.get("name") == "iteration":
-            self._iteration.add(doc["uid"])
-        elif name == "event" and doc["descriptor"] in self._iteration:
-            self.bar.set_postfix(
-                iteration=doc["data"]["iteration"],
-                error=f"{doc['data']['data_error']:.3g}",
-                frames=doc["data"]["n_measured"],
-                refresh=False,
-            )
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _figure(

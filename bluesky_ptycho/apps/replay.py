@@ -11,12 +11,14 @@ pipeline made them).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bluesky_ptycho.apps.progress import Progress
 from bluesky_ptycho.pipeline.runner import Pipeline, RunStages
 from bluesky_ptycho.storage.catalog import Catalog
 
@@ -30,6 +32,10 @@ class ReplayResult:
     run: RunStages
     seconds: float
     stored: bool
+    #: the replay's own log file (None without a log dir)
+    log_path: Path | None = None
+    #: the CXI file written (None without an output dir)
+    cxi_path: Path | None = None
 
 
 def replay(
@@ -41,11 +47,13 @@ def replay(
     output_dir: str | Path | None = None,
     log_dir: str | Path | None = None,
     timeout: float = 3600,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> ReplayResult:
     """Process stored run *uid* again through *pipeline* (with *params* changed).
 
-    *progress*, if given, is called with each document name as it is sent.
+    *progress*, if given, shows the replay's phases: the frames as they come out cleaned, the
+    reconstruction's iterations, its final iterations. With *log_dir* the replay has a log
+    file of its own there (``…_<uid>-replay.log``; :attr:`ReplayResult.log_path`).
 
     Raises
     ------
@@ -89,15 +97,23 @@ def replay(
 
     pipe.subscribe(catalog.writer)
     pipe.subscribe(note)
+    if progress is not None:
+        pipe.subscribe(progress.derived)
+        progress.phase("starting", f"reading run {start['uid'][:8]} back from the catalog")
     t0 = time.perf_counter()
     for name, doc in catalog.documents(start["uid"]):
         pipe(name, doc)
-        if progress is not None:
-            progress(name)
     stages = pipe.wait(start["uid"], timeout=timeout)
+    if progress is not None:
+        progress.phase("saving", "the derived runs to the catalog")
     for key, stage in stages.stages.items():
         uids = keys.get(stage.stage_name, [])
         if uids:
             derived[key] = uids.pop(0)
     stored = catalog.writer.flush(timeout=120)
-    return ReplayResult(start["uid"], derived, stages, time.perf_counter() - t0, stored)
+    handler = stages.log_handler
+    log_path = Path(handler.baseFilename) if isinstance(handler, logging.FileHandler) else None
+    return ReplayResult(
+        start["uid"], derived, stages, time.perf_counter() - t0, stored, log_path,
+        stages.export.path if stages.export is not None else None,
+    )  # fmt: skip

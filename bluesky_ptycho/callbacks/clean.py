@@ -488,6 +488,13 @@ class FrameCleaner(Stage):
             self._in_flight.popleft()
             self._emit_batch(head.items, problems, cleaned)
 
+    def summary(self) -> str:
+        return (
+            f"{self.n_cleaned + self.n_flagged} frame(s): {self.n_cleaned} cleaned, "
+            f"{self.n_flagged} flagged"
+            + (f", {self.redone} batch(es) redone on the workers" if self.redone else "")
+        )
+
     def status(self) -> dict[str, Any]:
         st = super().status()
         st["cleaned"], st["flagged"] = self.n_cleaned, self.n_flagged
@@ -575,8 +582,8 @@ class FrameCleaner(Stage):
             ripple = float(cleaned.ripple_adu[k])
             k += 1
             if flag:
-                self.n_flagged += 1
-                self.log.warning("frame of point %d flagged: %s", point, flag)
+                self.n_flagged += 1  # (a property of the data: the run's summary counts them)
+                self.log.info("frame of point %d flagged: %s", point, flag)
             else:
                 self.n_cleaned += 1
             self._out.event(

@@ -55,6 +55,16 @@ class DarkStatistics(Stage):
         self.skipped: list[tuple[int, str]] = []
         super().__init__()
 
+    def summary(self) -> str:
+        res = getattr(self, "result", None)
+        if res is None:
+            return f"no dark statistics ({len(self.skipped)} frame(s) skipped)"
+        return (
+            f"{res.n_frames} dark frame(s) averaged, {len(self.skipped)} skipped; "
+            f"{int(to_numpy(res.bad).sum())} bad pixel(s), "
+            f"{int(to_numpy(res.bad_channels).sum())} bad ADC channel(s)"
+        )
+
     def start(self, doc: RunStart) -> None:
         self._source = doc
         self._frames = RawFrames(doc)

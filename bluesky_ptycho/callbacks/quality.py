@@ -104,6 +104,13 @@ class QualityMonitor(Stage):
         self._cleaning_uid: str | None = None
         super().__init__()
 
+    def summary(self) -> str:
+        drift = max(abs(d) for d in self.drift_m) * 1e9
+        return (
+            f"{len(self.bad_points)} of {len(self.verdicts)} point(s) judged bad; beam "
+            f"{'ok' if self.beam_ok else 'bad'} at the end; drift {drift:.3g} nm"
+        )
+
     @property
     def bad_points(self) -> dict[int, str]:
         """Points whose latest verdict is bad, with the reason."""
@@ -174,7 +181,7 @@ class QualityMonitor(Stage):
         }
         self.verdicts[point] = v
         if reason:
-            self.log.warning("point %d is bad: %s", point, reason)
+            self.log.info("point %d is bad: %s", point, reason)  # (the summary counts them)
         self._out.event("verdict", v)
 
     def _beam(self, low: bool) -> None:

@@ -171,6 +171,8 @@ class StreamingReconstructionStage(Stage):
         self._out: DerivedRun | None = None
         self._pending: list[tuple] = []
         self._t0 = 0.0
+        #: (iteration, data error, frames in use) of the last iteration; (0, NaN, 0) before it
+        self.last_iteration: tuple[int, float, int] = (0, float("nan"), 0)
         super().__init__()
 
     def _apply_live(self, name: str, value: Any) -> None:
@@ -184,6 +186,42 @@ class StreamingReconstructionStage(Stage):
 
     def held_frames(self) -> int:
         return sum(len(p[0]) for p in self._pending)
+
+    def summary(self) -> str:
+        iteration, error, used = self.last_iteration
+        r = self.result
+        parts = [
+            f"{self.solver_type.name}, {iteration} iteration(s)"
+            + (f" ({r.stop_reason})" if r is not None and r.stop_reason else ""),
+            f"data error {error:.4g}",
+            f"{used} of {self.n_points} frame(s) used, {len(self.flags)} flagged",
+        ]
+        if self.frc is not None:
+            parts.append(f"resolution {self.frc['resolution_nm']:.3g} nm (half-set FRC)")
+        if r is not None:
+            parts.append(f"{r.seconds:.1f} s")
+        return ", ".join(parts)
+
+    def status(self) -> dict[str, Any]:
+        """:meth:`Stage.status`, with where the reconstruction stands: ``iteration``,
+        ``data_error`` (of the last iteration; NaN before the first), ``frames_used`` (frames
+        with weight), ``points`` (of the scan), ``flagged`` (frames left out),
+        ``resolution_nm`` (the latest half-set FRC; NaN before the first) and ``phase``
+        (``waiting``, ``scan``, ``final iterations`` or ``done``)."""
+        st = super().status()
+        iteration, error, used = self.last_iteration
+        finishing = self.stream is not None and self.stream.finishing
+        st.update(
+            iteration=iteration,
+            data_error=error,
+            frames_used=used,
+            points=self.n_points,
+            flagged=len(self.flags),
+            resolution_nm=self.frc["resolution_nm"] if self.frc is not None else float("nan"),
+            phase="done" if self.done.is_set() else "final iterations" if finishing
+            else "scan" if self.stream is not None else "waiting",
+        )  # fmt: skip
+        return st
 
     def start(self, doc: RunStart) -> None:
         if doc.get("stage") != "frame_cleaning":
@@ -389,6 +427,7 @@ class StreamingReconstructionStage(Stage):
 
     # -- what the solver's thread reports, published on the stage's thread ---------------
     def _publish_iteration(self, iteration: int, error: float, n_measured: int) -> None:
+        self.last_iteration = (int(iteration), float(error), int(n_measured))
         if self._out is None or self._out.stopped:
             return
         self._out.event(

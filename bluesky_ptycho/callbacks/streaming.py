@@ -214,6 +214,11 @@ class StreamingReconstruction:
         """Queue new scan points; *reply(indices)* is called with their indices once added."""
         self._put(("points", (positions, reply)))
 
+    @property
+    def finishing(self) -> bool:
+        """True once the worker has taken :meth:`finish`: the final iterations run."""
+        return self._finished
+
     def finish(self) -> None:
         """No more frames: run the final iterations, publish the final snapshot, stop."""
         self._put(("finish", None))

@@ -75,6 +75,14 @@ class StxmProbe(Stage):
         self.points: dict[int, tuple[float, float, float, float, float]] = {}
         super().__init__()
 
+    def summary(self) -> str:
+        probe = (
+            f"probe estimated from {self._published_at} frames"
+            if self.probe is not None
+            else "no probe estimate"
+        )
+        return f"STXM image of {len(self.points)} point(s); {probe}"
+
     def start(self, doc: RunStart) -> None:
         if doc.get("stage") != "frame_cleaning":
             return

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from bluesky_ptycho.storage.logs import console
 
-    console(logging.INFO if args.command == "serve" else logging.WARNING)
+    console(logging.WARNING)  # (serve sets its own: -v, -vv)
     try:
         return int(_module(args.command).run(args))
     except KeyboardInterrupt:

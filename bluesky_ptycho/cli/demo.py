@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         backend(args.device)  # says clearly when CuPy or a GPU is missing
     from bluesky_ptycho.apps.demo import run_demo
+    from bluesky_ptycho.apps.progress import Progress
     from bluesky_ptycho.pipeline.assignments import check_assignments, stage_assignments
     from bluesky_ptycho.pipeline.files import load_pipeline
     from bluesky_ptycho.storage.paths import log_dir
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     params = stage_assignments(args.set)
     check_assignments(params, load_pipeline(args.pipeline))
     t0 = time.perf_counter()
+    progress = Progress(args.points) if not args.quiet else None
+    if progress is not None and not getattr(args, "no_catalog", False):
+        progress.phase("starting", "opening the catalog")
     catalog = options.open_catalog(args)
     try:
         result = run_demo(
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             final_iterations=args.final_iterations,
             output=args.output,
-            progress=not args.quiet,
+            progress=progress or False,
             pipeline=args.pipeline,
             catalog=catalog,
             log_dir=log_dir(),
@@ -122,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"flagged frames: {result.flags}")
     print(f"CXI:    {result.cxi_path}")
     print(f"figure: {result.figure_path}")
+    print(f"log:    bluesky-ptycho logs {result.uid[:8]}")
     if catalog is None:
         return 0
     if not result.stored:

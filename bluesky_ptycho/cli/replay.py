@@ -25,8 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from bluesky_ptycho.apps.progress import Progress
     from bluesky_ptycho.apps.replay import replay
     from bluesky_ptycho.pipeline.assignments import check_assignments, stage_assignments
     from bluesky_ptycho.pipeline.files import load_pipeline
@@ -34,35 +33,50 @@ def run(args: argparse.Namespace) -> int:
 
     params = stage_assignments(args.set)
     check_assignments(params, load_pipeline(args.pipeline))
+    progress = None if args.quiet else Progress(0, "replay", count="cleaned")
+    if progress is not None:
+        progress.phase("starting", "opening the catalog")
     cat = options.open_catalog(args)
     assert cat is not None
     try:
         start = cat[args.run].metadata["start"]
-        md = start.get("ptycho", {})
-        bar = tqdm(total=md.get("num_points", 0) + md.get("num_darks", 0), unit="ev",
-                   desc="replay", disable=args.quiet)  # fmt: skip
+        if progress is not None:
+            progress.total = int(start.get("ptycho", {}).get("num_points", 0))
+            progress.phase("starting", "building the pipeline")
         result = replay(
             start["uid"], cat, args.pipeline, params, args.device, args.output, log_dir(),
-            progress=lambda name: bar.update(name == "event"),
+            progress=progress,
         )  # fmt: skip
-        bar.close()
+        if progress is not None:
+            progress.close()
         r = result.run.by_stage("reconstruction").result  # type: ignore[attr-defined]
+        scan = start.get("scan_id")
         print(
-            f"replayed run {result.source_uid} (scan {start.get('scan_id')}) in "
-            f"{result.seconds:.1f} s"
+            f"replayed run {result.source_uid} (scan {scan}) in {result.seconds:.1f} s"
             + (
                 f": {r.iterations} iterations, data error {r.errors[-1]:.4g}"
+                + (
+                    f", resolution {r.frc_resolution_m * 1e9:.3g} nm"
+                    if r.frc_resolution_m == r.frc_resolution_m
+                    else ""
+                )
                 if r is not None
                 else ""
             )
         )
+        if result.log_path is not None:
+            print(f"log:    {result.log_path}  (bluesky-ptycho logs {result.source_uid[:8]})")
+        if result.cxi_path is not None:
+            print(f"CXI:    {result.cxi_path}")
+        stored = "in the catalog" if result.stored else "NOT yet stored (see below)"
+        print(f"derived runs, {stored} at {cat.location}:")
         for key, uid in result.derived.items():
             print(f"  {key:<16} {uid}")
-        print(
-            "stored in the catalog"
-            if result.stored
-            else "NOT yet stored: the catalog is unreachable; the documents wait in the spool"
-        )
+        example = result.derived.get("reconstruction") or next(iter(result.derived.values()), "")
+        if example:
+            print(f"in the profile: db['{example}'] (a derived run: its streams and metadata)")
+        if not result.stored:
+            print("NOT yet stored: the catalog is unreachable; the documents wait in the spool")
     finally:
         cat.close()
     return 0

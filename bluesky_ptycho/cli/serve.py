@@ -1,6 +1,10 @@
 """Receive a RunEngine's documents (``bluesky_ptycho.transport.publisher.Publisher``) and run
 the pipeline on them; stages with ``where = "dask"`` spread over Dask workers. Stops on Ctrl-C
-or SIGTERM."""
+or SIGTERM.
+
+The terminal gets one line when it starts and stops, a line when a run begins and one when
+it is done (frames, flags, iterations, data error, resolution, CXI file), and warnings;
+``-v`` adds every run's detail (what its log file holds), ``-vv`` the debug messages too."""
 
 from __future__ import annotations
 
@@ -128,9 +132,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "$BLUESKY_PTYCHO_DATA or the user data directory)",
     )
     options.catalog(p, optional=True)
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: every run's detail on the terminal (what its log file holds); -vv: debug "
+        "messages too (default: a line per run begun and done, and warnings)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import signal
 
     from bluesky_ptycho.io.frames import confine_reads
@@ -142,10 +155,16 @@ def run(args: argparse.Namespace) -> int:
     from bluesky_ptycho.pipeline.dask import connect, shutdown
     from bluesky_ptycho.pipeline.files import BACKEND, load_pipeline
     from bluesky_ptycho.pipeline.runner import Pipeline
+    from bluesky_ptycho.storage.logs import console
     from bluesky_ptycho.storage.paths import data_dir, log_dir
     from bluesky_ptycho.transport.security import is_local
     from bluesky_ptycho.transport.server import Server
 
+    verbosity = getattr(args, "verbose", 0)
+    console(
+        logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity else logging.WARNING,
+        summaries=True,
+    )
     host, port, control_port, results_port = addresses(args)
     params = stage_assignments(args.set)
     spec = load_pipeline(options.pipeline_file(args) or BACKEND)

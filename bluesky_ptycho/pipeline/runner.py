@@ -44,6 +44,9 @@ class RunStages:
     #: the stages that read the raw run (its frames): the ones back-pressure watches
     raw: list[Stage] = field(default_factory=list)
     log_handler: logging.Handler | None = field(default=None, repr=False)
+    #: the raw run's scan id, and when its pipeline began (epoch seconds)
+    scan_id: Any = None
+    started: float = field(default_factory=time.time)
 
     def __getitem__(self, key: str) -> Stage:
         return self.stages[key]
@@ -178,7 +181,7 @@ class Pipeline:
         if self.log_dir is not None:
             from bluesky_ptycho.storage.logs import run_log_handler
 
-            handler = run_log_handler(self.log_dir, start)
+            handler = run_log_handler(self.log_dir, start, replay=self.replay)
         built: dict[str, Stage] = {}
         raw: list[Stage] = []
         for key, s in self.spec.stages.items():  # inputs come first
@@ -207,9 +210,11 @@ class Pipeline:
                 stage.subscribe(export)
         for stage in built.values():
             stage.bind_run(start["uid"])
-        run = RunStages(built, export, log_handler=handler, raw=raw)
+        run = RunStages(built, export, log_handler=handler, raw=raw, scan_id=start.get("scan_id"))
         if handler is not None:
-            threading.Thread(target=self._close_log, args=(run,), daemon=True).start()
+            threading.Thread(
+                target=self._close_log, args=(start["uid"], run, self.replay), daemon=True
+            ).start()
         with self._new_run:
             self.runs[start["uid"]] = run
             self._open.add(start["uid"])
@@ -247,6 +252,8 @@ class Pipeline:
             "runs": {
                 uid: {
                     "finished": r.finished,
+                    "scan_id": r.scan_id if isinstance(r.scan_id, int | str) else None,
+                    "started": r.started,
                     "stages": {k: st.status() for k, st in r.stages.items()},
                 }
                 for uid, r in self.runs.items()
@@ -331,11 +338,20 @@ class Pipeline:
         self.spec = self._file_spec
         self.metadata["pipeline"] = self.spec.to_dict()
 
+    @property
+    def replay(self) -> bool:
+        """True where the pipeline processes stored runs again (``bluesky-ptycho replay``)."""
+        return bool(self.metadata.get("replay"))
+
     @staticmethod
-    def _close_log(run: RunStages) -> None:
+    def _close_log(uid: str, run: RunStages, replay: bool = False) -> None:
         run.wait()
         from bluesky_ptycho.storage.logs import close_run_log
 
+        try:
+            log_summary(uid, run, replay)
+        except Exception:  # the summary only reports: it must not keep the log open
+            log.exception("run %s: its summary could not be written", uid, extra={"run": uid})
         close_run_log(run.log_handler)
 
     def wait(self, uid: str, timeout: float | None = None) -> RunStages:
@@ -344,6 +360,63 @@ class Pipeline:
         if not run.wait(timeout):
             raise TimeoutError(f"the pipeline of run {uid} did not finish within {timeout} s")
         return run
+
+
+def log_summary(uid: str, run: RunStages, replay: bool = False) -> None:
+    """What run *uid* made, at the end of its log: a line per stage (its
+    :meth:`~bluesky_ptycho.plugins.stage.Stage.summary`), the frames flagged, the CXI file,
+    the derived runs, a warning per stage that met errors, and one line for the whole run
+    (marked :data:`~bluesky_ptycho.storage.logs.SUMMARY`: a quiet ``serve`` shows it)."""
+    from bluesky_ptycho.storage.logs import SUMMARY
+
+    extra = {"run": uid}
+    for key, stage in run.stages.items():
+        log.info("%s: %s", key, stage.summary(), extra=extra)
+    recon = next((s for s in run.stages.values() if s.stage_name == "reconstruction"), None)
+    flags: dict[int, str] = dict(getattr(recon, "flags", {}) or {})
+    if flags:
+        shown = "; ".join(f"point {p}: {why}" for p, why in sorted(flags.items())[:10])
+        more = f"; and {len(flags) - 10} more" if len(flags) > 10 else ""
+        log.info("flagged frames: %s%s", shown, more, extra=extra)
+    cxi = run.export.path if run.export is not None else None
+    if cxi is not None:
+        log.info("CXI written: %s", cxi, extra=extra)
+    elif run.export is not None:
+        log.warning("no CXI file written (expected %s)", run.export.target, extra=extra)
+    derived = [f"{key} {u}" for key, s in run.stages.items() for u in s.derived_uids]
+    log.info("derived runs: %s", ", ".join(derived) or "none", extra=extra)
+    for key, stage in run.stages.items():
+        if stage.errors:
+            log.warning(
+                "%s met %d error(s); the last: %s", key, len(stage.errors), stage.errors[-1],
+                extra=extra,
+            )  # fmt: skip
+    what = [f"{_frames(run)} frame(s)"]
+    if recon is not None:
+        st = recon.status()
+        what.append(f"{len(flags)} flagged")
+        what.append(f"{st['iteration']} iteration(s)")
+        what.append(f"data error {st['data_error']:.4g}")
+        if st["resolution_nm"] == st["resolution_nm"]:
+            what.append(f"resolution {st['resolution_nm']:.3g} nm")
+    errors = sum(len(s.errors) for s in run.stages.values())
+    if errors:
+        what.append(f"{errors} error(s)")
+    if cxi is not None:
+        what.append(f"CXI {cxi}")
+    log.info(
+        "%s %s (scan %s) done in %.1f s: %s", "replay of run" if replay else "run", uid,
+        run.scan_id, time.time() - run.started, ", ".join(what), extra={**extra, **SUMMARY},
+    )  # fmt: skip
+
+
+def _frames(run: RunStages) -> int:
+    """The raw run's data frames the pipeline took: cleaned and flagged by the frame-cleaning
+    stage, or (a pipeline without one) the most events a stage reading the raw run took."""
+    clean = next((s for s in run.stages.values() if s.stage_name == "frame_cleaning"), None)
+    if clean is not None and hasattr(clean, "n_cleaned"):
+        return int(clean.n_cleaned + getattr(clean, "n_flagged", 0))
+    return max((s.frames_in for s in run.raw), default=0)
 
 
 def _workers(client: Any) -> dict[str, Any]:

@@ -21,7 +21,9 @@ whose start document names the source run (``source_run``) and the stage
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, cast
@@ -48,6 +50,10 @@ ExitStatus = Literal["success", "abort", "fail"]
 Callback = Callable[[str, Mapping[str, Any]], Any]
 #: what a stage's inputs call the RunEngine's own run (``"raw"``, ``"raw/dark"``)
 RAW = "raw"
+#: seconds the rates in :meth:`Stage.status` are taken over: long enough that a stage which
+#: emits in batches (frame cleaning sends 8 frames every few seconds) reads a steady rate,
+#: not 0 between batches
+RATE_WINDOW_S = 10.0
 
 
 class Stage(DocumentRouter):
@@ -84,7 +90,11 @@ class Stage(DocumentRouter):
         self.aborted = False
         self.run_uid: str | None = None
         self._derived: list[DerivedRun] = []
-        self._rate = (time.monotonic(), 0, 0.0)  # (time, frames out then, rate)
+        # (time, frames in, frames out) at the status polls of the last RATE_WINDOW_S seconds,
+        # the oldest one before them kept as the anchor the rates are taken from
+        self._samples = collections.deque([(time.monotonic(), 0, 0)])
+        self._rates = (0.0, 0.0)
+        self._rates_lock = threading.Lock()
         self._worker = Worker(
             f"stage-{self.stage_name}",
             self._dispatch_item,
@@ -189,23 +199,49 @@ class Stage(DocumentRouter):
         return 0
 
     def status(self) -> dict[str, Any]:
-        """Frames in and out, backlog, output rate (frames/s), last error, heartbeat age (s)."""
-        now = time.monotonic()
-        t, n, rate = self._rate
-        if now - t >= 1.0:
-            rate = (self.frames_out - n) / (now - t)
-            self._rate = (now, self.frames_out, rate)
+        """Frames in and out, backlog, rates in and out (frames/s), last error, heartbeat age (s).
+
+        The rates are the change of the counts over the last :data:`RATE_WINDOW_S` seconds of
+        status polls (over the time since the previous poll when polls are further apart, since
+        the stage began at the first): ``rate`` is the output's, ``rate_in`` the input's.
+        """
+        rate_in, rate = self._rate_now()
         return {
             "stage": self.stage_name,
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "backlog": self.backlog(),
             "rate": round(rate, 2),
+            "rate_in": round(rate_in, 2),
             "errors": len(self.errors),
             "last_error": self.errors[-1] if self.errors else "",
             "heartbeat_age": round(time.time() - self._worker.heartbeat, 2),
             "state": "aborted" if self.aborted else ("done" if self.done.is_set() else "running"),
         }
+
+    def _rate_now(self) -> tuple[float, float]:
+        """(frames in, frames out) per second over the window (see :meth:`status`)."""
+        now, n_in, n_out = time.monotonic(), self.frames_in, self.frames_out
+        with self._rates_lock:  # the server's loop and a viewer may both poll
+            samples = self._samples
+            while len(samples) > 1 and samples[1][0] <= now - RATE_WINDOW_S:
+                samples.popleft()
+            t, then_in, then_out = samples[0]
+            if now - t >= 0.5:  # polls closer than that keep the last rates
+                self._rates = ((n_in - then_in) / (now - t), (n_out - then_out) / (now - t))
+            if now - samples[-1][0] >= 0.25:
+                samples.append((now, n_in, n_out))
+            return self._rates
+
+    def summary(self) -> str:
+        """One line on what the stage did in its run, for the end of the run's log (stages
+        say it in their own terms: frames cleaned, iterations, …)."""
+        return f"{self.frames_in} event(s) in, {self.frames_out} out"
+
+    @property
+    def derived_uids(self) -> list[str]:
+        """The uids of the derived runs the stage has emitted (for this run)."""
+        return [d.uid for d in self._derived]
 
     def set_live(self, name: str, value: Any) -> None:
         """Change parameter *name* of the run in progress (one of :attr:`live_params`).
@@ -279,11 +315,15 @@ class Stage(DocumentRouter):
         # event-model's _dispatch only reads the document (it calls the method named *name*)
         self._dispatch(name, cast(dict, doc), False)
         if name == "start":
-            self.log.info("run %s (%s) in", doc["uid"], doc.get("stage", "raw"))
+            self.log.debug("run %s (%s) in", doc["uid"], doc.get("stage", "raw"))
         elif name == "stop":
-            self.log.info(
-                "run %s stopped (%s); %d error(s) in this stage so far",
-                doc["run_start"], doc.get("exit_status"), len(self.errors),
+            # the run's summary says how it went; here only what went wrong
+            status = doc.get("exit_status")
+            level = logging.WARNING if self.errors or status != "success" else logging.DEBUG
+            self.log.log(
+                level, "run %s stopped (%s); %d error(s) in this stage so far%s",
+                doc["run_start"], status, len(self.errors),
+                f", the last: {self.errors[-1]}" if self.errors else "",
             )  # fmt: skip
 
     # Documents a stage does not care about pass by quietly. (Overrides return None; the

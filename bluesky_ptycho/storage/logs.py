@@ -2,10 +2,15 @@
 
 Every module logs through ``logging`` under ``bluesky_ptycho`` (stages as
 ``bluesky_ptycho.stages.<name>``). :func:`console` shows warnings on the
-terminal; :func:`run_log_handler` sends everything from INFO up, while a
-run's pipeline works, to ``<log dir>/<time>_scan<id>_<uid>.log`` (the
-paper's ``~/.nanosurveyor/streaming/log``; the log dir is
-:func:`bluesky_ptycho.storage.paths.log_dir`).
+terminal (and, for ``serve``, each run's first and last line: records logged
+with :data:`SUMMARY` in their ``extra``); :func:`run_log_handler` sends
+everything from INFO up, while a run's pipeline works, to
+``<log dir>/<time>_scan<id>_<uid>.log`` (``…_<uid>-replay.log`` for a replay,
+stamped with the time of the replay; the paper's
+``~/.nanosurveyor/streaming/log``; the log dir is
+:func:`bluesky_ptycho.storage.paths.log_dir`). A run's log ends with what it
+made: each stage's summary line, the files written, the derived runs, and one
+line for the run as a whole.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from bluesky_ptycho.threads import current_run
 
 ROOT = "bluesky_ptycho"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: ``extra`` of the INFO records a quiet console shows too (a run began, a run ended)
+SUMMARY = {"summary": True}
+#: what a replay's log file name ends with (after the uid)
+REPLAY_SUFFIX = "-replay"
 
 
 class _Stderr(logging.StreamHandler):
@@ -36,18 +45,37 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def console(level: int = logging.WARNING) -> logging.Handler:
-    """Show *level* and above from bluesky_ptycho on stderr (once, however often called)."""
+class _ConsoleFilter(logging.Filter):
+    """Passes records of *level* and above, and the INFO ones marked :data:`SUMMARY` when
+    *summaries* is True."""
+
+    def __init__(self, level: int, summaries: bool) -> None:
+        super().__init__()
+        self.level, self.summaries = level, summaries
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or (
+            self.summaries and getattr(record, "summary", False) and record.levelno >= logging.INFO
+        )
+
+
+def console(level: int = logging.WARNING, summaries: bool = False) -> logging.Handler:
+    """Show *level* and above from bluesky_ptycho on stderr (once, however often called);
+    with *summaries*, also the INFO lines marked :data:`SUMMARY` (a run's start and end)."""
     logger = logging.getLogger(ROOT)
-    for h in logger.handlers:
-        if getattr(h, "_ptycho_console", False):
-            h.setLevel(level)
-            return h
-    handler = _Stderr()
-    handler.setLevel(level)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler._ptycho_console = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    handler = next((h for h in logger.handlers if getattr(h, "_ptycho_console", False)), None)
+    if handler is None:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._ptycho_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    for f in [f for f in handler.filters if isinstance(f, _ConsoleFilter)]:
+        handler.removeFilter(f)
+    handler.addFilter(_ConsoleFilter(level, summaries))
+    lowest = min(level, logging.INFO) if summaries else level
+    handler.setLevel(lowest)
+    if logger.getEffectiveLevel() > lowest:
+        logger.setLevel(lowest)
     return handler
 
 
@@ -63,19 +91,22 @@ class RunFilter(logging.Filter):
         return getattr(record, "run", None) == self.uid or current_run() == self.uid
 
 
-def run_log_handler(folder: str | Path, start: dict) -> logging.Handler:
+def run_log_handler(folder: str | Path, start: dict, replay: bool = False) -> logging.Handler:
     """Start the log file of the run whose start document is *start*; returns its handler.
 
-    The file receives that run's messages only (:class:`RunFilter`).
+    The file receives that run's messages only (:class:`RunFilter`). A *replay* of a stored
+    run gets a file of its own (stamped now, its name ending in :data:`REPLAY_SUFFIX`),
+    next to the live run's.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(start.get("time", time.time())))
+    when = time.time() if replay else start.get("time", time.time())
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
     scan = start.get("scan_id", 0)
     scan = scan if isinstance(scan, int) and not isinstance(scan, bool) else 0
     uid = str(start["uid"])
     safe_uid = "".join(c for c in uid[:64] if c.isalnum() or c == "-") or "run"
-    path = folder / f"{stamp}_scan{scan}_{safe_uid}.log"
+    path = folder / f"{stamp}_scan{scan}_{safe_uid}{REPLAY_SUFFIX if replay else ''}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(FORMAT))
@@ -85,8 +116,8 @@ def run_log_handler(folder: str | Path, start: dict) -> logging.Handler:
         logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     logger.info(
-        "run %s (scan %s, plan %s) started; log %s", uid, scan, start.get("plan_name"), path,
-        extra={"run": uid},
+        "%s %s (scan %s, plan %s) started; log %s", "replay of run" if replay else "run", uid,
+        scan, start.get("plan_name"), path, extra={"run": uid, **SUMMARY},
     )  # fmt: skip
     return handler
 

@@ -89,17 +89,41 @@ def format_status(status: dict) -> str:
         )
     now = status.get("time", time.time())
     for uid, run in status.get("runs", {}).items():
-        lines.append(f"run {uid[:8]} ({'finished' if run['finished'] else 'in progress'})")
+        scan = f"scan {run['scan_id']}, " if run.get("scan_id") is not None else ""
+        age = f", {now - run['started']:.0f} s" if run.get("started") else ""
         lines.append(
-            f"  {'stage':<16}{'state':<9}{'in':>7}{'out':>7}{'backlog':>9}"
-            f"{'rate/s':>8}{'beat s':>8}  last error"
+            f"run {uid[:8]} ({scan}{'finished' if run['finished'] else 'in progress'}{age})"
+        )
+        lines.append(
+            f"  {'stage':<16}{'state':<9}{'in':>7}{'in/s':>7}{'out':>7}{'out/s':>7}"
+            f"{'backlog':>9}{'beat s':>8}  last error"
         )
         for key, s in run["stages"].items():
             lines.append(
-                f"  {key:<16}{s['state']:<9}{s['frames_in']:>7}{s['frames_out']:>7}"
-                f"{s['backlog']:>9}{s['rate']:>8.1f}{s['heartbeat_age']:>8.1f}  "
-                f"{s['last_error'][:60]}"
+                f"  {key:<16}{s['state']:<9}{s['frames_in']:>7}{s.get('rate_in', 0.0):>7.1f}"
+                f"{s['frames_out']:>7}{s['rate']:>7.1f}{s['backlog']:>9}"
+                f"{s['heartbeat_age']:>8.1f}  {s['last_error'][:60]}"
             )
+        for key, s in run["stages"].items():
+            if "iteration" in s:
+                lines.append(f"  {key}: {reconstruction_line(s)}")
     if not status.get("runs"):
         lines.append(f"no runs yet ({time.strftime('%H:%M:%S', time.localtime(now))})")
     return "\n".join(lines)
+
+
+def reconstruction_line(s: dict) -> str:
+    """Where a reconstruction stands, from its status: phase, iteration, data error, frames
+    used, flagged, resolution."""
+    error = s.get("data_error", float("nan"))
+    resolution = s.get("resolution_nm", float("nan"))
+    parts = [
+        str(s.get("phase", "")),
+        f"iteration {s.get('iteration', 0)}",
+        f"data error {error:.4g}" if error == error else "data error -",
+        f"{s.get('frames_used', 0)} of {s.get('points', '?')} frames used",
+        f"{s.get('flagged', 0)} flagged",
+    ]
+    if resolution == resolution:
+        parts.append(f"resolution {resolution:.3g} nm")
+    return ", ".join(p for p in parts if p)

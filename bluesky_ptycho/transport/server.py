@@ -52,6 +52,7 @@ from bluesky_ptycho.io.codec import (
     pack,
     unpack_value,
 )
+from bluesky_ptycho.storage.logs import SUMMARY
 from bluesky_ptycho.threads import Worker
 from bluesky_ptycho.transport import (
     DEFAULT_CONTROL_PORT,
@@ -204,7 +205,7 @@ class Server:
                 self.counters["errors"] += 1
                 log.exception("the back-end's loop met an error; it goes on")
                 time.sleep(0.01)
-        log.info("stopped serving")
+        log.info("stopped serving", extra=SUMMARY)
 
     def _turn(self, both: zmq.Poller, control_only: zmq.Poller) -> None:
         self._take_answers()

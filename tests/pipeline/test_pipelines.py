@@ -232,6 +232,23 @@ def test_each_run_logs_to_its_own_file_and_logs_shows_it(tmp_path, capsys):
     assert f"run {r.uid} (scan 1, plan ptycho_scan) started" in text
     assert "bluesky_ptycho.stages.reconstruction: rpie: 9 frames" in text
     assert text.rstrip().endswith("the pipeline has finished this run")
+    # it tells what the run made: frames, flags, iterations, final error, the CXI file, the
+    # derived runs (on one line); and not that nothing went wrong, stage by stage
+    done = next(x for x in text.splitlines() if f"run {r.uid} (scan 1) done in" in x)
+    assert f"{9} frame(s), {len(r.flags)} flagged, {r.iterations} iteration(s)" in done
+    assert f"data error {r.data_error:.4g}" in done and f"CXI {r.cxi_path}" in done
+    if r.frc_resolution_nm == r.frc_resolution_nm:  # (an FRC needs enough frames)
+        assert f"resolution {r.frc_resolution_nm:.3g} nm" in done
+    assert f"CXI written: {r.cxi_path}" in text
+    assert (
+        f"frame_cleaning: 9 frame(s): {9 - sum('samples lost' in f for f in r.flags.values())}"
+        in text
+    )
+    assert f"reconstruction: rpie, {r.iterations} iteration(s)" in text
+    (derived,) = [x for x in text.splitlines() if "derived runs: " in x]
+    assert all(f"{k} " in derived for k in ("dark_statistics", "frame_cleaning", "reconstruction"))
+    assert "error(s)" not in text and "(raw) in" not in text
+    assert len(text.splitlines()) <= 16, text
     assert main(["logs", r.uid[:8]]) == 0
     assert capsys.readouterr().out == text
     import io

@@ -188,6 +188,46 @@ def test_replay_of_a_stored_run_reproduces_the_live_result(stored):
         cat.close()
 
 
+def test_the_replay_command_logs_like_a_live_run_and_says_where_its_results_are(
+    stored, tmp_path, monkeypatch, capsys
+):
+    from bluesky_ptycho.cli import main
+
+    folder, uid, _, _ = stored
+    monkeypatch.setenv("BLUESKY_PTYCHO_DATA", str(folder))  # the embedded catalog there
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("BLUESKY_PTYCHO_LOGS", str(logs))
+    argv = ["replay", uid[:8], "--set", "reconstruction.final_iterations=4", "--output",
+            str(tmp_path / "cxi")]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    # its own log, next to the live run's, telling what it made
+    (path,) = logs.glob(f"*_scan1_{uid}-replay.log")
+    text = path.read_text()
+    assert f"replay of run {uid} (scan 1, plan ptycho_scan) started" in text
+    done = next(x for x in text.splitlines() if f"replay of run {uid} (scan 1) done in" in x)
+    assert "25 frame(s)" in done and "iteration(s), data error" in done
+    cxi = tmp_path / "cxi" / "scan_1.cxi"
+    assert cxi.exists() and f"CXI written: {cxi}" in text and "error(s)" not in text
+    # its progress: the phases in order, the frames counted as they come out cleaned, and the
+    # reconstruction's iterations
+    phases = [x.split(":", 1)[0].split(" (", 1)[0] for x in err.splitlines()]
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order == ["starting", "replay", "final iterations", "saving"], err
+    assert "25/25 points" in err and "iteration " in err.split("final iterations", 1)[1]
+    # and where to look: the log, the CXI file, the derived runs
+    assert f"log:    {path}  (bluesky-ptycho logs {uid[:8]})" in out
+    recon = next(x.split()[1] for x in out.splitlines() if x.strip().startswith("reconstruction "))
+    assert f"CXI:    {cxi}" in out and f"db['{recon}']" in out
+    cat = Catalog(directory=folder)
+    try:
+        assert cat[recon].metadata["start"]["replay"] is True
+    finally:
+        cat.close()
+    assert main(["logs", uid[:8]]) == 0  # the latest log of the run: the replay's
+    assert capsys.readouterr().out == text
+
+
 def test_a_tiled_server_given_by_uri_and_api_key(tiled_server, tmp_path):
     uri, key, readable = tiled_server
     with pytest.raises(ConnectionError, match="cannot be reached"):

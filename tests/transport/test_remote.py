@@ -188,6 +188,125 @@ def test_status_command_prints_the_stages(backend):
     assert "documents received" in out.stdout and "dask: 2 worker(s)" in out.stdout
 
 
+WATCHED_POINTS = 36
+
+
+@pytest.fixture(scope="module")
+def watched(backend, tmp_path_factory):
+    """A scan on the back-end while ``status --watch 0.5`` runs in a pseudo-terminal: the
+    run's uid, what the terminal received, and what ``serve`` printed meanwhile."""
+    master, slave = os.openpty()
+    cmd = [str(Path(sys.executable).with_name("bluesky-ptycho")), "status", "--watch", "0.5",
+           "--control", backend.control]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    received = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the other end closed
+                return
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    served = len(backend.log_text())
+    try:
+        pub = Publisher(backend.address)
+        RE, fccd, stage, shutter = beamline(tmp_path_factory.mktemp("watched"), pub)
+        (uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=WATCHED_POINTS, step=100e-9,
+                                num_darks=3))  # fmt: skip
+        assert pub.flush(30)
+        backend.wait_finished(uid)
+        pub.close()
+        time.sleep(2)  # a few more redraws of the finished run
+        time.sleep(1)  # and serve's last line about it
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        reader.join(10)
+        os.close(master)
+    return uid, received.decode("utf-8", "replace"), backend.log_text()[served:]
+
+
+def _row(frame: str, stage: str) -> list[str]:
+    line = next(x for x in frame.splitlines() if x.strip().startswith(stage + " "))
+    return line.split()
+
+
+def test_status_watch_redraws_in_place_with_rates_that_match_the_counts(watched):
+    from bluesky_ptycho.cli.status import HOME_CLEAR
+
+    uid, text, _ = watched
+    frames = [f.replace("\x1b[K", "") for f in text.split(HOME_CLEAR)[1:]]
+    mine = [f for f in frames if f"run {uid[:8]}" in f]
+    assert len(mine) >= 10, text[-3000:]
+    # redrawn in place: every frame starts at the top left, and while the same runs are shown
+    # the table keeps its height (a new run adds its rows)
+    assert len({f.count("\n") for f in mine}) == 1, [f.count("\n") for f in mine]
+    assert "\x1b[2J" not in text  # the screen is not blanked: each line is overwritten
+    # frames flowing: the cleaning (on Dask, in batches of 4) reads a steady rate between
+    # batches, not 0.0
+    flowing = []
+    for f in mine:
+        state, _, rate_in, n_out, rate_out = _row(f, "frame_cleaning")[1:6]
+        if state == "running" and 0 < int(n_out) < WATCHED_POINTS:
+            flowing.append((float(f.split(" up ")[1].split()[0]), int(n_out), float(rate_out)))
+            assert float(rate_in) > 0 and float(rate_out) > 0, f
+    assert len(flowing) >= 5, text[-3000:]
+    # the rate is the count's change over the last 10 s (taken at the server's polls: the
+    # watch's and the test's, within a second of each other); a batch is 4 frames
+    for up, n_out, rate in flowing:
+        before = [(u, n) for u, n, _ in flowing if u <= up - 10]
+        if before:
+            u0, n0 = before[-1]
+            expected = (n_out - n0) / (up - u0)
+            assert abs(rate - expected) <= 0.6 + 0.25 * expected, (rate, expected, up)
+    # where the reconstruction stands, while it runs and at the end
+    lines = [
+        x.strip() for f in mine for x in f.splitlines() if x.strip().startswith("reconstruction:")
+    ]
+    running = [x for x in lines if x.startswith("reconstruction: scan, iteration")]
+    assert (
+        running
+        and "data error 0." in running[-1]
+        and f"of {WATCHED_POINTS} frames used" in running[-1]
+    )
+    assert lines[-1].startswith("reconstruction: done, iteration") and "resolution" in lines[-1]
+
+
+def test_status_watch_into_a_pipe_writes_a_block_only_when_something_changed(local_server):
+    server = local_server()
+    cmd = [str(Path(sys.executable).with_name("bluesky-ptycho")), "status", "--watch", "0.2",
+           "--control", server.control_address]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while server.counters["control_requests"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # many polls, nothing happening
+    proc.terminate()
+    out, err = proc.communicate(30)
+    assert server.counters["control_requests"] >= 8, err
+    assert out.count("\n-- ") + out.startswith("-- ") == 1, out
+    assert "\x1b" not in out and "no runs yet" in out
+
+
+def test_serve_prints_a_line_as_a_run_begins_and_one_when_it_is_done(watched):
+    uid, _, served = watched
+    ours = [x for x in served.splitlines() if " bluesky_ptycho" in x]
+    info = [x for x in ours if x.startswith("INFO")]
+    assert len(info) == 2, served
+    assert f"run {uid} (scan" in info[0] and "started; log" in info[0]
+    assert f"run {uid} (scan" in info[1] and " done in " in info[1]
+    assert "iteration(s), data error" in info[1] and "CXI " in info[1]
+    assert len(ours) <= 4, served  # and a warning or two at most
+    assert "error(s) in this stage" not in served and "(raw) in" not in served
+
+
 # -- security and bad input, on an in-process server (tests/transport/conftest.py) ----------
 def test_binding_beyond_localhost_needs_keys():
     with pytest.raises(ValueError, match=r"needs CURVE keys.*bluesky-ptycho keys"):
