@@ -132,6 +132,27 @@ def test_final_iterations_stop_on_convergence_after_a_long_live_phase(scan):
     assert err - _error(s, scan) < 0.005  # what 50 more iterations would have given
 
 
+def test_the_scans_last_frames_do_not_undo_the_anneal(scan):
+    """A scan's last frames arrive during its last live iteration, so they are in the solver
+    but not yet iterated when finish() anneals. They must not count as new ground at the
+    first final iteration: before, they restored the full step there, and the final
+    iterations of the paper's test then lowered it by step_adapt's three-iteration rule
+    (12-15 final iterations instead of about 5)."""
+    n = len(scan.intensities)
+    s = solvers.RPIE(scan.positions_px, scan.grid.shape, _start_probe(scan))
+    s.add_frames(np.arange(n - 5), scan.intensities[: n - 5])
+    s.iterate(20)
+    s.add_frames(np.arange(n - 5, n - 1), scan.intensities[n - 5 : n - 1])  # the last frames
+    s.anneal()
+    s.iterate(1)
+    assert s.step_scale <= 0.25, s.step_scale  # 1.0 before
+    s.iterate(1)
+    assert s.step_scale == s.options.min_step_scale
+    s.add_frames([n - 1], scan.intensities[n - 1 :])  # a frame after the anneal: new ground
+    s.iterate(1)
+    assert s.step_scale == 1.0
+
+
 def test_flagged_frames_are_left_out_and_rescans_replace_them(scan):
     s = solvers.RPIE(scan.positions_px, scan.grid.shape, _start_probe(scan))
     n = len(scan.intensities)

@@ -295,9 +295,15 @@ class Solver:
         """No more frames will come: lower the step to *start* now and halve it every
         iteration down to ``min_step_scale`` (the image is near its solution; smaller
         steps average the noise instead of waiting for the data error to stall).
-        Frames added later restore the full step."""
+        Frames added later restore the full step; the frames already added when this is
+        called do not (a scan's last frames arrive during its last live iteration: they
+        would otherwise undo the anneal at the first final iteration, which then lowered
+        its step only as fast as :attr:`options` ``step_adapt`` allows)."""
         self._annealing = True
         self.step_scale = min(self.step_scale, start)
+        measured = len(self.measured)
+        if measured != self._measured_n:
+            self._measured_n, self._measured_at = measured, self.iteration
 
     def convergence(self, tolerance: float | None = None, max_iterations: int = 0) -> Convergence:
         """A stopping rule for this solver (:class:`~.convergence.Convergence`)."""
