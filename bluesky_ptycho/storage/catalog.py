@@ -179,7 +179,7 @@ class Catalog:
         found = self.runs.search(KeyPresent("start.stage", False))
         if query is not None:
             found = found.search(query)
-        return list(found.values()[-last:] if last else found.values())
+        return list(found.values().tail(last) if last else found.values())
 
     def derived(self, uid: str) -> dict[str, Any]:
         """The runs the stages derived from run *uid*, directly or through other stages' runs,
