@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,9 @@ PROFILE = Path(__file__).parents[2] / "profiles" / "profile_ptycho"
 def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_path):
     profile = tmp_path / "profile_ptycho"
     shutil.copytree(PROFILE, profile)  # IPython writes its history into the profile
+    data = Path(os.environ["BLUESKY_PTYCHO_DATA"])
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "scan_id").write_text("41\n")  # the data directory's counter: the demo took 41
     code = (
         "(uid,) = RE(ptycho_scan(fccd, stage, shutter, num_points=9, num_darks=2)); "
         "run = pipeline.wait(uid, 300); "
@@ -23,6 +27,14 @@ def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_pat
         "print('FRAMES', len(catalog[uid]['primary']['fccd_image'].read())); "
         "print('DERIVED', sorted(catalog.derived(uid))); "
         "print('DB', db[uid].start['scan_id'], RE.md['scan_id']); "
+        # db[-1] is the scan (derived runs are stored after it), with its readings' table
+        "print('LAST', db[-1].start['uid'] == uid, sorted(db[-1].v2), len(db[-1].table())); "
+        "print('LASTDERIVED', sorted(db[-1].derived)); "
+        "print('SCANIDS', {h.start.get('scan_id') for h in db[-1].derived.values()}, "
+        "{h.start['source_scan_id'] for h in db[-1].derived.values()}); "
+        # what the pipeline's wait gives: its stages by key, and the uids of their runs
+        "print('WAIT', list(run) == list(run.stages), "
+        "sorted(run.derived.values()) == sorted(h.start['uid'] for h in db[-1].derived.values())); "
         "print('SUSPENDERS', len(RE.suspenders)); "
         "catalog.close()"
     )
@@ -46,5 +58,12 @@ def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_pat
         "DERIVED ['dark_statistics', 'frame_cleaning', 'quality', 'reconstruction', 'stxm']"
         in out.stdout
     )
-    assert "DB 1 1" in out.stdout and "SUSPENDERS 3" in out.stdout  # beam, quality, spool
+    assert "DB 42 42" in out.stdout and "SUSPENDERS 3" in out.stdout  # beam, quality, spool
+    assert "LAST True ['dark', 'primary'] 9" in out.stdout
+    assert (
+        "LASTDERIVED ['dark_statistics', 'frame_cleaning', 'quality', 'reconstruction', 'stxm']"
+        in out.stdout
+    )
+    assert "SCANIDS {None} {42}" in out.stdout and "WAIT True True" in out.stdout
+    assert (data / "scan_id").read_text() == "42\n"
     assert "Error" not in out.stderr, out.stderr
