@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-PROFILE = Path(__file__).parents[2] / "profiles" / "profile_ptycho"
+ROOT = Path(__file__).parents[2]
+PROFILE = ROOT / "profiles" / "profile_ptycho"
 
 
 @pytest.mark.slow
@@ -67,3 +68,31 @@ def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_pat
     assert "SCANIDS {None} {42}" in out.stdout and "WAIT True True" in out.stdout
     assert (data / "scan_id").read_text() == "42\n"
     assert "Error" not in out.stderr, out.stderr
+
+
+def test_the_profile_stops_saying_which_process_has_the_catalog(tmp_path):
+    """A session on a data directory whose embedded catalog another process (a `serve`, the
+    demo) has open does not start half-made: one message, naming that process."""
+    profile = tmp_path / "profile_ptycho"
+    shutil.copytree(PROFILE, profile)
+    data = os.environ["BLUESKY_PTYCHO_DATA"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from bluesky_ptycho.storage.lock import "
+         f"CatalogLock; CatalogLock({data!r}).acquire(); print('HELD', flush=True); "
+         "time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and "HELD" in holder.stdout.readline()
+        out = subprocess.run(
+            [Path(sys.executable).with_name("ipython"), f"--profile-dir={profile}",
+             "--no-banner", "--colors=nocolor", "-c", "print('STARTED')"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert out.returncode != 0 and "STARTED" not in out.stdout
+    assert f"bluesky_ptycho: the embedded catalog in {data}/catalog is in use: process " \
+           f"{holder.pid} (python -c" in out.stderr  # fmt: skip
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr

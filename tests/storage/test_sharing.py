@@ -132,10 +132,11 @@ def test_a_second_process_on_an_embedded_catalog_is_refused_until_the_first_is_k
         # a second writer is refused, naming the first and what to do
         with pytest.raises(CatalogInUse, match=f"process {holder.pid} .*Tiled server"):
             Catalog()
-        assert main(["replay", "5"]) == 2
-        err = capsys.readouterr().err
-        assert f"bluesky-ptycho replay: the embedded catalog in {data / 'catalog'} is in use: " \
-               f"process {holder.pid}" in err and "Traceback" not in err  # fmt: skip
+        for command in (["replay", "5"], ["serve"]):  # the back-end as well
+            assert main(command) == 2
+            err = capsys.readouterr().err
+            assert f"bluesky-ptycho {command[0]}: the embedded catalog in {data / 'catalog'} is " \
+                   f"in use: process {holder.pid}" in err and "Traceback" not in err  # fmt: skip
         # a reader is not: `runs` lists the scans and the replay (marked), not the derived run
         assert main(["runs"]) == 0
         out = capsys.readouterr().out.splitlines()
