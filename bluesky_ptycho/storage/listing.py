@@ -21,7 +21,7 @@ The runs the stages derive live are not listed: they belong to their scan
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,12 @@ def raw_scan_ids(directory: str | Path) -> list[int]:
     return [int(v) for (v,) in rows if isinstance(v, int)]
 
 
+def _replay_rows(n: int) -> int:
+    """How many of the latest replays' runs are read for *n* entries: enough for *n* replays
+    of a pipeline of up to 30 stages, at most a Tiled server's largest page (300)."""
+    return min(30 * n, 300)
+
+
 # -- the embedded catalog: its SQLite database, read-only ------------------------------------
 def _database(directory: str | Path | None) -> Path:
     from bluesky_ptycho.storage.paths import data_dir
@@ -146,7 +152,7 @@ def _from_sqlite(db: Path, n: int) -> tuple[list[dict], list[dict]]:
             base = f"SELECT {columns} FROM nodes WHERE parent = ? AND "
             order = " ORDER BY json_extract(metadata, '$.start.time') DESC LIMIT ?"
             raw = con.execute(base + "stage IS NULL" + order, (runs, n)).fetchall()
-            replays = con.execute(base + "replay = 1" + order, (runs, 64 * n)).fetchall()
+            replays = con.execute(base + "replay = 1" + order, (runs, _replay_rows(n))).fetchall()
             sources = list({r["source"] for r in replays} - {r["uid"] for r in raw})
             more = []
             if sources:  # the scans the replays processed, for their scan id and points
@@ -170,9 +176,12 @@ def _from_server(uri: str, api_key: str | None, n: int) -> tuple[list[dict], lis
         runs = from_uri(uri, api_key=api_key)["runs"]
     except KeyError:
         return [], []
-    raw = [_fields(r.metadata) for r in runs.search(KeyPresent("start.stage", False)).values()[-n:]]
+    raw = [
+        _fields(r.metadata) for r in runs.search(KeyPresent("start.stage", False)).values().tail(n)
+    ]
     replays = [
-        _fields(r.metadata) for r in runs.search(Eq("start.replay", True)).values()[-64 * n :]
+        _fields(r.metadata)
+        for r in runs.search(Eq("start.replay", True)).values().tail(_replay_rows(n))
     ]
     known = {r["uid"]: r for r in raw}
     for uid in {r["source"] for r in replays} - set(known):
@@ -188,7 +197,7 @@ def _fields(md: Any) -> dict[str, Any]:
     for name, path in FIELDS.items():
         value: Any = md
         for part in path.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
+            value = value.get(part) if isinstance(value, Mapping) else None  # (Tiled's DictView)
         out[name] = value
     return out
 

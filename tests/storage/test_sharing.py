@@ -211,3 +211,27 @@ def test_runs_without_a_catalog_says_so(tmp_path, monkeypatch, capsys):
     assert "no catalog in" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="at least one"):
         latest_runs(0)
+
+
+@pytest.mark.slow
+def test_runs_lists_scans_and_replays_from_a_tiled_server(tiled_server, tmp_path, capsys):
+    uri, key, _read = tiled_server
+    cat = Catalog(uri, api_key=key, directory=tmp_path)
+    try:
+        a = _store_run(cat.writer, 7, ptycho={"num_points": 3})
+        _store_derived(cat.writer, a, "dark_statistics", source_scan_id=7)
+        b = _store_run(cat.writer, 8)
+        for stage in ("frame_cleaning", "reconstruction"):
+            _store_derived(cat.writer, a, stage, replay=True, replay_id="r2", source_scan_id=7)
+        assert cat.writer.flush(120)
+        assert cat[-1].metadata["start"]["uid"] == b and cat[7].metadata["start"]["uid"] == a
+        assert sorted(cat.databroker[-1].v2) == ["primary"]
+    finally:
+        cat.close()
+    assert main(["runs", "--catalog", uri, "--api-key", key]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out[1:]]
+    assert out[0].startswith("UID") and [r[:3] for r in rows[-3:]] == [
+        [a, "scan", "7"], [b, "scan", "8"], [rows[-1][0], "replay", "7"]
+    ]  # fmt: skip
+    assert rows[-1][0] != a and f"(of {a[:8]}, 2 runs)" in out[-1]
