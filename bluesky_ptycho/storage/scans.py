@@ -69,11 +69,18 @@ class ScanCounter:
         """The next scan id (and remember it): one more than the last one any process took."""
         floor = md.get("scan_id", 0)
         floor = floor if isinstance(floor, int) and not isinstance(floor, bool) else 0
-        with self._locked() as fd:
-            new = max(self._last(fd), floor) + 1
-            data = f"{new}\n".encode()
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
+        try:
+            with self._locked() as fd:
+                new = max(self._last(fd), floor) + 1
+                data = f"{new}\n".encode()
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+        except OSError as err:  # (the RunEngine then opens no run: nothing is taken unnumbered)
+            raise OSError(
+                err.errno,
+                f"the scan counter {self.path} cannot be updated ({err.strerror or err}); "
+                "free space or fix the permissions of the data directory (BLUESKY_PTYCHO_DATA)",
+            ) from err
         return new
 
     def last(self) -> int:
