@@ -157,7 +157,10 @@ def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> P
     if run is not None:
         run = run.strip().lower()
         by_scan = [] if uid or not run.isdigit() else [f for f in files if _scan_of(f) == int(run)]
-        runs = {_uid_of(f): _time_of(f) for f in by_scan}
+        runs: dict[str, float] = {}  # the runs with that number (a run and its replays: one)
+        for f in by_scan:
+            key = _uid_of(f).removesuffix(REPLAY_SUFFIX)
+            runs[key] = min(runs.get(key, float("inf")), _time_of(f))
         if len(runs) > 1:
             raise AmbiguousScan(ambiguous_message(int(run), sorted(runs.items(), key=_second)))
         files = by_scan or [f for f in files if _uid_of(f).startswith(run)]

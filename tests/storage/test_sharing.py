@@ -202,6 +202,10 @@ def test_logs_refuses_an_ambiguous_scan_number_listing_the_runs(tmp_path, monkey
     assert "aaaa1111-0000 started 2026-12-01 10:00:00" in err and "bbbb2222-0000" in err
     assert "e.g. bbbb2222" in err and "Traceback" not in err
     assert main(["logs", "bbbb2222"]) == 0 and capsys.readouterr().out == "session\n"
+    # a run and its replay share a number without being two scans: the latest log is shown
+    (tmp_path / "20261201-100000_scan1_aaaa1111-0000.log").unlink()
+    (tmp_path / "20261201-120000_scan1_bbbb2222-0000-replay.log").write_text("replay\n")
+    assert main(["logs", "1"]) == 0 and capsys.readouterr().out == "replay\n"
 
 
 def test_runs_without_a_catalog_says_so(tmp_path, monkeypatch, capsys):
