@@ -23,11 +23,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bluesky_ptycho.storage.listing import format_runs, latest_runs
+    from bluesky_ptycho.storage.listing import NoCatalog, format_runs, latest_runs
 
     if args.n < 1:
         raise ValueError(f"runs -n {args.n}: give a number of runs >= 1")
-    entries = latest_runs(args.n, uri=args.catalog, api_key=args.api_key)
+    try:
+        entries = latest_runs(args.n, uri=args.catalog, api_key=args.api_key)
+    except NoCatalog as err:  # nothing stored yet: an empty list, and why
+        print(format_runs([]))
+        print(f"({err})")
+        return 0
     print(format_runs(entries))
     if not entries:
         print("(no runs yet: `bluesky-ptycho demo` or a scan in the profile stores one)")
