@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-remote bench-epics bench-solvers clean
+.PHONY: demo test lint bench bench-remote bench-epics bench-solvers bench-runs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench-epics: $(STAMP)
 
 bench-solvers: $(STAMP) .venv-ptychi/bin/python
 	$(BIN)/python benchmarks/solvers.py
+
+# `bluesky-ptycho runs` on 300 stored scans (a few minutes to store them): end to end, a new
+# process each time, and the listing alone.
+bench-runs: $(STAMP)
+	$(BIN)/python benchmarks/runs.py
 
 clean:
 	rm -rf $(VENV) .venv-ptychi out

@@ -19,6 +19,7 @@ from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.storage.catalog import Catalog
 from bluesky_ptycho.storage.guard import SpoolGuard
+from bluesky_ptycho.storage.scans import ScanCounter
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,6 +65,7 @@ def run_demo(
     log_dir: str | Path | None = None,
     spool_wait: float = 120.0,
     params: dict[str, dict[str, Any]] | None = None,
+    scan_ids: ScanCounter | None = None,
 ) -> DemoResult:
     """Run a simulated scan with live reconstruction; write CXI and a PNG under *output*.
 
@@ -76,6 +78,8 @@ def run_demo(
     *spool_wait* seconds without space, fails: the RunEngine's error is raised.
     *progress* (True, or a :class:`~bluesky_ptycho.apps.progress.Progress` already
     started) shows the phases on stderr: starting, scan, final iterations, saving.
+    The scan's number comes from *scan_ids* (default: the counter of the
+    *catalog*'s data directory, which the profile shares; scan 1 without a catalog).
     """
     from bluesky import RunEngine
 
@@ -94,7 +98,9 @@ def run_demo(
                     log_dir=log_dir)  # fmt: skip
     if bar is not None:
         bar.phase("starting", f"the simulated beamline (stages: {', '.join(pipe.spec.stages)})")
-    RE = RunEngine({})
+    if scan_ids is None and catalog is not None:
+        scan_ids = ScanCounter(catalog.directory)
+    RE = RunEngine({}, scan_id_source=scan_ids) if scan_ids is not None else RunEngine({})
     stage = SampleStage(name="stage")
     shutter = Shutter(name="shutter")
     raw_dir = catalog.raw_dir if catalog is not None else output / "raw"

@@ -5,15 +5,16 @@ documents come back from the catalog as the RunEngine emitted them, their
 frames from the detector files they reference, and they go through a
 :class:`~bluesky_ptycho.pipeline.runner.Pipeline` — the default one, or
 another file, or other parameters — whose derived runs are stored next to
-the live ones (their start documents say ``replay: true`` and which
-pipeline made them).
+the live ones (their start documents say ``replay: true``, which pipeline made
+them, and a ``replay_id`` shared by the runs of one replay: ``bluesky-ptycho
+runs`` lists each replay as one entry).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,17 +87,9 @@ def replay(
         output_dir=output_dir,
         params=params,
         log_dir=log_dir,
-        metadata={"replay": True},
+        metadata={"replay": True, "replay_id": str(uuid.uuid4())},
     )
-    derived: dict[str, str] = {}
-    keys: dict[str, list[str]] = {}
-
-    def note(name: str, doc: Mapping[str, Any]) -> None:
-        if name == "start" and doc.get("source_run"):
-            keys.setdefault(doc["stage"], []).append(doc["uid"])
-
     pipe.subscribe(catalog.writer)
-    pipe.subscribe(note)
     if progress is not None:
         pipe.subscribe(progress.derived)
         progress.phase("starting", f"reading run {start['uid'][:8]} back from the catalog")
@@ -106,14 +99,10 @@ def replay(
     stages = pipe.wait(start["uid"], timeout=timeout)
     if progress is not None:
         progress.phase("saving", "the derived runs to the catalog")
-    for key, stage in stages.stages.items():
-        uids = keys.get(stage.stage_name, [])
-        if uids:
-            derived[key] = uids.pop(0)
     stored = catalog.writer.flush(timeout=120)
     handler = stages.log_handler
     log_path = Path(handler.baseFilename) if isinstance(handler, logging.FileHandler) else None
     return ReplayResult(
-        start["uid"], derived, stages, time.perf_counter() - t0, stored, log_path,
+        start["uid"], stages.derived, stages, time.perf_counter() - t0, stored, log_path,
         stages.export.path if stages.export is not None else None,
     )  # fmt: skip

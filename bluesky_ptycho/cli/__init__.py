@@ -89,8 +89,9 @@ def unrecognized(p: argparse.ArgumentParser, extras: list[str]) -> str:
     return text + "".join(f"; {flag}: did you mean {near}?" for flag, near in hints)
 
 
-def parser() -> Parser:
-    """The whole command line (every sub-command and its options)."""
+def parser(only: str | None = None) -> Parser:
+    """The whole command line (every sub-command and its options; with *only*, the options
+    of that sub-command alone: some take a second to declare, e.g. ioc's PV names)."""
     from bluesky_ptycho import __version__
     from bluesky_ptycho.cli.options import plain
 
@@ -104,13 +105,16 @@ def parser() -> Parser:
         mod = _module(name)
         doc = plain((mod.__doc__ or "").strip())
         cmd = sub.add_parser(name, help=mod.HELP, description=doc or mod.HELP)
-        mod.add_arguments(cmd)
+        if only is None or name == only:
+            mod.add_arguments(cmd)
         p.commands[name] = cmd
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = parser(command if command in COMMANDS else None).parse_args(argv)
     from bluesky_ptycho.storage.logs import console
 
     console(logging.WARNING)  # (serve sets its own: -v, -vv)

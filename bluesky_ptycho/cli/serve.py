@@ -183,10 +183,16 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--data-root {root}: no such folder")
     slurm = parse_assignments(args.slurm, "--slurm") if args.slurm else None
     needs_dask = any(s.where == "dask" for s in spec.stages.values())
-    client = connect(args.scheduler, args.workers, slurm) if needs_dask else None
+    # the catalog first: one another process holds stops serve before any worker starts
     catalog = options.open_catalog(args)
     if catalog is not None:
         roots.append(catalog.raw_dir)
+    try:
+        client = connect(args.scheduler, args.workers, slurm) if needs_dask else None
+    except BaseException:
+        if catalog is not None:
+            catalog.close()
+        raise
     confine_reads(roots)
     pipe = Pipeline(
         spec,
@@ -214,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         pipe.close()
         if client is not None:
             shutdown(client)
+        if catalog is not None:
+            catalog.close()
         raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.stop())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -35,9 +35,13 @@ from bluesky_ptycho.plugins.stage import Callback, Stage
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunStages:
-    """The stages built for one run, by their key in the pipeline file."""
+@dataclass(eq=False)
+class RunStages(Mapping[str, Stage]):
+    """The stages built for one run, by their key in the pipeline file.
+
+    A mapping (``run["reconstruction"]``, ``list(run)`` gives the keys,
+    ``run.items()``); :attr:`derived` gives the uids of the runs they derived.
+    """
 
     stages: dict[str, Stage]
     export: CxiExport | None = None
@@ -50,6 +54,18 @@ class RunStages:
 
     def __getitem__(self, key: str) -> Stage:
         return self.stages[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stages)
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    @property
+    def derived(self) -> dict[str, str]:
+        """The uid of the run each stage derived (by stage key; stages that made none are
+        left out): what to open in the catalog, ``catalog[uid]``."""
+        return {k: s._derived[0].uid for k, s in self.stages.items() if s._derived}
 
     def by_stage(self, name: str) -> Stage:
         """The (first) stage of registered name *name*, e.g. ``"reconstruction"``."""
@@ -355,7 +371,9 @@ class Pipeline:
         close_run_log(run.log_handler)
 
     def wait(self, uid: str, timeout: float | None = None) -> RunStages:
-        """The stages of run *uid*, once all have finished (or *timeout* has passed)."""
+        """The stages of run *uid*, once all have finished (or *timeout* has passed): a
+        :class:`RunStages`, a mapping by stage key (``list()`` gives the keys), whose
+        ``derived`` gives the uids of the runs they derived."""
         run = self.runs[uid]
         if not run.wait(timeout):
             raise TimeoutError(f"the pipeline of run {uid} did not finish within {timeout} s")

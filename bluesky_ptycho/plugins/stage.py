@@ -15,8 +15,10 @@ with ``exit_status="abort"``) and takes the parameters it names in
 :attr:`Stage.live_params` while it runs (:meth:`Stage.set_live`).
 
 A stage's results are documents of a *derived run* (:class:`DerivedRun`)
-whose start document names the source run (``source_run``) and the stage
-(``stage``); :meth:`Stage.subscribe` connects the next stage or any sink.
+whose start document names the source run (``source_run``), the stage
+(``stage``) and the scan's number (``source_scan_id``: a derived run has no
+``scan_id`` of its own, so a look-up by scan number finds the scan only);
+:meth:`Stage.subscribe` connects the next stage or any sink.
 """
 
 from __future__ import annotations
@@ -404,7 +406,8 @@ class DerivedRun:
         md = {
             "source_run": source_start["uid"],
             "stage": stage.stage_name,
-            "scan_id": source_start.get("scan_id"),
+            # the scan's number, not as scan_id: a derived run is no scan of its own
+            "source_scan_id": source_start.get("scan_id", source_start.get("source_scan_id")),
             **(metadata or {}),
         }
         md = {k: v for k, v in md.items() if v is not None}

@@ -22,6 +22,11 @@ anew from its spool (its partial copy is removed first). A spool file is
 deleted once its run's stop document is in the catalog; files left by a
 process that died are written by the next :class:`Catalog` opened on the
 same data directory.
+
+One process at a time opens an embedded catalog
+(:class:`~bluesky_ptycho.storage.lock.CatalogLock`): a second one stops at
+once, naming the process that has it. Processes that share runs share a
+Tiled server instead.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from bluesky_ptycho.storage.lock import CatalogLock
 from bluesky_ptycho.storage.paths import data_dir
+from bluesky_ptycho.storage.scans import AmbiguousScan, ambiguous_message
 from bluesky_ptycho.storage.writer import CatalogWriter
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,13 @@ class Catalog:
         process being killed (the default), or a power cut as well (``fsync``).
     spool_dir : path-like, optional
         Where the writer spools (default ``<directory>/spool``).
+
+    Raises
+    ------
+    bluesky_ptycho.storage.lock.CatalogInUse
+        When another process has the embedded catalog of *directory* open
+        (the message names it, and says what to do: a Tiled server, or
+        another data directory).
     """
 
     def __init__(
@@ -80,14 +94,21 @@ class Catalog:
         self.raw_dir = self.directory / "raw"
         self.raw_dir.mkdir(parents=True, exist_ok=True)
         self.server = None
+        self.lock: CatalogLock | None = None
         if uri is None:
             from tiled.server import SimpleTiledServer
 
-            _serve_documents()
-            self.server = SimpleTiledServer(
-                self.directory / "catalog",
-                readable_storage=[self.raw_dir, *map(Path, readable_storage)],
-            )
+            self.lock = CatalogLock(self.directory)
+            self.lock.acquire()  # or CatalogInUse, naming the process that has it
+            try:
+                _serve_documents()
+                self.server = SimpleTiledServer(
+                    self.directory / "catalog",
+                    readable_storage=[self.raw_dir, *map(Path, readable_storage)],
+                )
+            except BaseException:
+                self.lock.release()
+                raise
             uri = self.server.uri
             _close_when_main_thread_ends(self)
         self.uri = uri
@@ -123,21 +144,42 @@ class Catalog:
 
     def __getitem__(self, key: str | int) -> Any:
         """A stored run by uid or partial uid; by scan id (an int, or a string of digits) or -1
-        (the latest), the raw run, not one a stage derived from it."""
+        (the latest), the raw run, not one a stage derived from it.
+
+        Raises
+        ------
+        KeyError
+            When no run matches.
+        AmbiguousScan
+            When two raw runs have that scan id (data from before the data directory's scan
+            counter): the message lists them with their uid and time.
+        """
         if isinstance(key, str) and not key.isdigit():
             return self.runs[key].v3  # (v3 even after databroker's v2 view has been made)
         from tiled.queries import Key
 
         n = int(key)
-        raw = self.raw_runs(Key("scan_id") == n if n > 0 else None)
-        if not raw:
-            raise KeyError(f"no raw run with scan id {n} in the catalog at {self.location}")
-        return raw[-1].v3
+        if n > 0:
+            raw = self.raw_runs(Key("start.scan_id") == n)
+        else:
+            raw = self.raw_runs(last=-n) if n < 0 else []
+        if not raw or (n < 0 and len(raw) < -n):
+            what = f"with scan id {n}" if n > 0 else f"at index {n} (of {len(raw)})"
+            raise KeyError(f"no raw run {what} in the catalog at {self.location}")
+        if n > 0 and len(raw) > 1:
+            starts = [r.metadata["start"] for r in raw]
+            raise AmbiguousScan(ambiguous_message(n, [(s["uid"], s["time"]) for s in starts]))
+        return raw[0].v3
 
-    def raw_runs(self, query: Any = None) -> list[Any]:
-        """The runs the RunEngine made (not the stages), oldest first, matching a Tiled *query*."""
-        found = self.runs.search(query) if query is not None else self.runs
-        return [r for r in found.values() if "stage" not in r.metadata["start"]]
+    def raw_runs(self, query: Any = None, last: int | None = None) -> list[Any]:
+        """The runs the RunEngine made (not the stages), oldest first, matching a Tiled *query*
+        (the *last* ones only, if given)."""
+        from tiled.queries import KeyPresent
+
+        found = self.runs.search(KeyPresent("start.stage", False))
+        if query is not None:
+            found = found.search(query)
+        return list(found.values().tail(last) if last else found.values())
 
     def derived(self, uid: str) -> dict[str, Any]:
         """The runs the stages derived from run *uid*, directly or through other stages' runs,
@@ -167,10 +209,13 @@ class Catalog:
 
     @property
     def databroker(self) -> Any:
-        """The same runs through databroker's v1 API (``db[uid]``, ``db[-1].table()``)."""
-        from databroker.v1 import Broker
+        """The raw runs through databroker's v1 API (``db[-1].table()``, ``db[uid]``).
 
-        return Broker(self._connect().v2)  # its own client: v2 run clients, ours stay v3
+        ``db[-1]`` is the last scan and ``db[37]`` scan 37: the runs the stages
+        derive are not among them (a uid finds any run). Each header lists its
+        derived runs: ``db[-1].derived`` (by stage name).
+        """
+        return raw_broker(self._connect().v2)  # its own client: v2 run clients, ours stay v3
 
     def close(self, timeout: float | None = 60) -> None:
         """Write what is queued (within *timeout* s), then stop the writer and the embedded server."""
@@ -178,6 +223,45 @@ class Catalog:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.lock is not None:
+            self.lock.release()
+
+
+def raw_broker(client: Any) -> Any:
+    """databroker's ``Broker`` over the raw runs of *client* (a v2 ``runs`` container), whose
+    headers also list the runs derived from them (``header.derived``)."""
+    from databroker.v1 import Broker, Header
+    from tiled.queries import Eq, KeyPresent
+
+    class RunHeader(Header):
+        """A run's header; :attr:`derived` opens the runs the stages derived from it."""
+
+        @property
+        def derived(self) -> dict[str, Any]:
+            """The runs derived from this one, directly or through other stages' runs, by
+            stage name (the latest of each)."""
+            out: dict[str, Any] = {}
+            sources = [self.uid]
+            while sources:
+                for run in client.search(Eq("start.source_run", sources.pop())).values():
+                    start = run.metadata["start"]
+                    out[start["stage"]] = RunHeader(run, db)
+                    sources.append(start["uid"])
+            return out
+
+    class RawBroker(Broker):
+        """Integers (scan ids, -1) index the raw runs; a uid finds any run."""
+
+        def __getitem__(self, key: Any) -> Any:
+            if isinstance(key, str):
+                return RunHeader(client[key], self)
+            got = super().__getitem__(key)
+            if isinstance(got, list):
+                return [RunHeader(h.v2, self) for h in got]
+            return RunHeader(got.v2, self)
+
+    db = RawBroker(client.search(KeyPresent("start.stage", False)))
+    return db
 
 
 def _close_when_main_thread_ends(catalog: Catalog) -> None:

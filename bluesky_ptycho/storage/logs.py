@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from bluesky_ptycho.storage.scans import AmbiguousScan, ambiguous_message
 from bluesky_ptycho.threads import current_run
 
 ROOT = "bluesky_ptycho"
@@ -143,11 +144,25 @@ def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> P
     *run* is a scan id when it is a number (``"37"``); a uid prefix when it is
     not, when *uid* is True, or when it is all digits but no run has that
     scan id (a uid may start with eight decimal digits).
+
+    Raises
+    ------
+    FileNotFoundError
+        When no log matches.
+    AmbiguousScan
+        When logs of two runs have scan id *run* (runs from before the data
+        directory's scan counter); the message lists them.
     """
     files = log_files(folder)
     if run is not None:
         run = run.strip().lower()
         by_scan = [] if uid or not run.isdigit() else [f for f in files if _scan_of(f) == int(run)]
+        runs: dict[str, float] = {}  # the runs with that number (a run and its replays: one)
+        for f in by_scan:
+            key = _uid_of(f).removesuffix(REPLAY_SUFFIX)
+            runs[key] = min(runs.get(key, float("inf")), _time_of(f))
+        if len(runs) > 1:
+            raise AmbiguousScan(ambiguous_message(int(run), sorted(runs.items(), key=_second)))
         files = by_scan or [f for f in files if _uid_of(f).startswith(run)]
     if not files:
         what = f"for run {run!r}" if run else "yet"
@@ -165,6 +180,17 @@ def _scan_of(path: Path) -> int | None:
 
 def _uid_of(path: Path) -> str:
     return path.stem.split("_", 2)[2]
+
+
+def _time_of(path: Path) -> float:
+    try:
+        return time.mktime(time.strptime(path.stem.split("_", 1)[0], "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return path.stat().st_mtime
+
+
+def _second(item: tuple[str, float]) -> float:
+    return item[1]
 
 
 def follow(

@@ -142,7 +142,8 @@ class LiveModel:
         if source != self._run:
             with self._lock:
                 self._reset(source)
-            self.log(f"scan {doc.get('scan_id', '?')} ({source[:8]}) started")
+            scan = doc.get("source_scan_id", doc.get("scan_id", "?"))
+            self.log(f"scan {scan} ({source[:8]}) started")
         grid = doc.get("object_grid")
         if isinstance(grid, dict) and "pixel_size_m" in grid:
             frame = int(doc.get("ptycho", {}).get("frame_px", 0))

@@ -17,7 +17,9 @@ from bluesky.utils import PersistentDict
 from bluesky_ptycho.acquisition.plans import ptycho_scan  # noqa: F401
 from bluesky_ptycho.storage.logs import console
 from bluesky_ptycho.storage.paths import data_dir, log_dir  # noqa: F401
+from bluesky_ptycho.storage.scans import ScanCounter
 
 console(logging.WARNING)  # stages and the catalog writer warn on the terminal
-RE = RunEngine({})
-RE.md = PersistentDict(str(data_dir() / "runengine-metadata"))  # scan_id survives the session
+# scan ids from the data directory's counter: the demo, this session and the next go on counting
+RE = RunEngine({}, scan_id_source=ScanCounter())
+RE.md = PersistentDict(str(data_dir() / "runengine-metadata"))  # metadata survives the session
