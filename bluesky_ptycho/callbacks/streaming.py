@@ -302,9 +302,8 @@ class StreamingReconstruction:
         """One iteration once the queue is empty; after finish(), the end when it is time."""
         if self._finished and self._stop is None:
             self._stop = self.solver.convergence().after(self.solver)
-            e = self.solver.errors
-            if self.anneal and len(e) >= 4 and e[-1] > 0.99 * e[-4]:
-                self.solver.anneal()  # at its step-1 floor already: polish
+            if self.anneal:
+                self.solver.anneal()  # now, or once the full step stops paying
         stop, after = self._stop, self._after
         if self._finished and (
             after >= self.final_iterations

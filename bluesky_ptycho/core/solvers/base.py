@@ -18,6 +18,12 @@ from bluesky_ptycho.core.ptycho import (
 from bluesky_ptycho.core.solvers.convergence import Convergence
 from bluesky_ptycho.core.solvers.options import SolverOptions
 
+#: :meth:`Solver.anneal` lowers the step at once unless the data error fell by more than
+#: this fraction over the last three iterations (the image still far from its solution) ...
+ANNEAL_AT_ONCE = 0.05
+#: ... and then after the first iteration after it that lowers the error by less than this
+ANNEAL_GAIN = 0.01
+
 
 class FrameStore:
     """A per-frame array ``(N, *shape)``: on the device, or on the host moved in blocks.
@@ -150,6 +156,9 @@ class Solver:
         self._lit: Array | None = None
         self._adapted_at = 0
         self._annealing = False
+        self._anneal_waits = False  # anneal() asked; the step is lowered once gains are small
+        self._anneal_from = 0  # the number of data errors when anneal() was asked
+        self._anneal_start = 0.25
         self._measured_n, self._measured_at = 0, 0
         self._lit_at = (-1, -1)
         self._rng = np.random.default_rng(self.options.seed)
@@ -279,7 +288,7 @@ class Solver:
             if len(measured) != self._measured_n:  # new frames: new ground, full steps
                 self._measured_n, self._measured_at = len(measured), self.iteration
                 self.step_scale = 1.0
-                self._annealing = False
+                self._annealing = self._anneal_waits = False
             self._gate_positions()
             before, probe_before = self.object.copy(), self.probe.copy()
             err = self._iteration(measured)
@@ -292,15 +301,27 @@ class Solver:
         return out
 
     def anneal(self, start: float = 0.25) -> None:
-        """No more frames will come: lower the step to *start* now and halve it every
-        iteration down to ``min_step_scale`` (the image is near its solution; smaller
-        steps average the noise instead of waiting for the data error to stall).
-        Frames added later restore the full step; the frames already added when this is
-        called do not (a scan's last frames arrive during its last live iteration: they
-        would otherwise undo the anneal at the first final iteration, which then lowered
-        its step only as fast as :attr:`options` ``step_adapt`` allows)."""
+        """No more frames will come: lower the step to *start* and halve it every iteration
+        down to ``min_step_scale`` (the image is near its solution; smaller steps average
+        the noise instead of waiting for the data error to stall).
+
+        The step is lowered at once when the data error fell by at most
+        :data:`ANNEAL_AT_ONCE` over the last three iterations; otherwise (fewer iterations, the image still
+        far off, e.g. a scan that ended before the reconstruction caught up) the full
+        step goes on while it pays, and is lowered after the first iteration that lowers
+        the data error by less than :data:`ANNEAL_GAIN` (compared between iterations
+        after this call: the first one still fits the scan's last frames). Frames added
+        later restore the full step; the frames already added when this is called do not
+        (a scan's last frames arrive during its last live iteration: they would
+        otherwise undo the anneal at the first final iteration).
+        """
         self._annealing = True
-        self.step_scale = min(self.step_scale, start)
+        self._anneal_start = start
+        self._anneal_from = len(self.errors)
+        e = self.errors
+        self._anneal_waits = len(e) < 4 or e[-1] < (1 - ANNEAL_AT_ONCE) * e[-4]
+        if not self._anneal_waits:
+            self.step_scale = min(self.step_scale, start)
         measured = len(self.measured)
         if measured != self._measured_n:
             self._measured_n, self._measured_at = measured, self.iteration
@@ -336,7 +357,13 @@ class Solver:
         # of a stochastic solver): a smaller step averages over more frames, as a
         # decreasing step does in stochastic approximation
         e = self.errors
-        if self._annealing and self.step_scale > opt.min_step_scale:
+        if self._annealing and self._anneal_waits:
+            if len(e) - self._anneal_from >= 2 and e[-1] > (1 - ANNEAL_GAIN) * e[-2]:
+                self._anneal_waits = False  # the full step no longer pays: anneal now
+                self.step_scale = min(self.step_scale, self._anneal_start)
+                self.changes.append(float("nan"))
+                return
+        elif self._annealing and self.step_scale > opt.min_step_scale:
             self.step_scale = max(self.step_scale * 0.5, opt.min_step_scale)
             self.changes.append(float("nan"))  # a new regime: ratios start afresh
             return
