@@ -35,7 +35,9 @@ def _private_crossings() -> list[str]:
             if target == here:
                 continue
             private = [p for p in parts if p.startswith("_")]
-            private += [a.name for a in node.names if a.name.startswith("_")]
+            private += [  # dunders (__version__) are public by convention
+                a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")
+            ]
             if private:
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module} {private}")
     return found
