@@ -25,8 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bluesky_ptycho.storage.listing import NoCatalog, format_runs, latest_runs
 
-    if args.n < 1:
-        raise ValueError(f"runs -n {args.n}: give a number of runs >= 1")
+    if not 1 <= args.n <= 10**6:
+        raise ValueError(f"runs -n {args.n}: give a number of runs from 1 to 1000000")
     try:
         entries = latest_runs(args.n, uri=args.catalog, api_key=args.api_key)
     except NoCatalog as err:  # nothing stored yet: an empty list, and why

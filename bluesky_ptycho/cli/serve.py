@@ -256,8 +256,16 @@ def addresses(args: argparse.Namespace) -> tuple[str, int, int, int]:
     from bluesky_ptycho.transport.snapshots import DEFAULT_SNAPSHOT_PORT
 
     host, port = options.split_endpoint(args.listen)
+    for flag in ("port", "control_port", "snapshot_port"):  # the older spellings: checked alike
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError(
+                f"--{flag.replace('_', '-')} {value}: give a port in 1..65535 (better, "
+                f"the address: --listen/--control/--results tcp://HOST:PORT)"
+            )
     if args.host is not None or args.port is not None:
-        host, port = args.host or host, args.port or port
+        host = args.host if args.host is not None else host
+        port = args.port if args.port is not None else port
         old = " ".join(
             f"--{k} {v}" for k, v in (("host", args.host), ("port", args.port)) if v is not None
         )

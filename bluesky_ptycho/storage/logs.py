@@ -142,8 +142,9 @@ def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> P
     """The log of *run*, or the latest when None.
 
     *run* is a scan id when it is a number (``"37"``); a uid prefix when it is
-    not, when *uid* is True, or when it is all digits but no run has that
-    scan id (a uid may start with eight decimal digits).
+    not, when *uid* is True, or when it is six or more digits and no run has
+    that scan id (a uid may start with eight decimal digits; a short number
+    that is no scan's is refused rather than read as some uid's start).
 
     Raises
     ------
@@ -163,6 +164,11 @@ def find_log(folder: str | Path, run: str | None = None, uid: bool = False) -> P
             runs[key] = min(runs.get(key, float("inf")), _time_of(f))
         if len(runs) > 1:
             raise AmbiguousScan(ambiguous_message(int(run), sorted(runs.items(), key=_second)))
+        if not by_scan and not uid and run.isdigit() and len(run) < 6:
+            raise FileNotFoundError(
+                f"no run log of scan {run} in {folder}; to read {run!r} as the start of a uid "
+                "instead, give --uid (`bluesky-ptycho runs` lists the scans)"
+            )
         files = by_scan or [f for f in files if _uid_of(f).startswith(run)]
     if not files:
         what = f"for run {run!r}" if run else "yet"

@@ -10,10 +10,10 @@ last, across processes and sessions::
 
     RE = RunEngine({}, scan_id_source=ScanCounter())
 
-A new counter file starts after the highest scan id already in the data
-directory's embedded catalog (data from before the counter keeps its
-numbers), and the counter never goes below ``RE.md["scan_id"]`` (a
-session's persisted metadata).
+The counter never goes below the highest scan id already in the data
+directory's embedded catalog (data from before the counter keeps its numbers;
+a counter file edited by hand, lowered or garbled, gives no number twice) nor
+below ``RE.md["scan_id"]`` (a session's persisted metadata).
 
 Data from before the counter may hold two scans of one number: a look-up by
 that number is then an error (:class:`AmbiguousScan`) that lists them.
@@ -24,12 +24,16 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 FILE_NAME = "scan_id"
+#: the largest scan id kept: the largest integer JSON numbers (Tiled's metadata, a
+#: browser) hold exactly
+MAX_SCAN_ID = 2**53 - 1
 
 
 class AmbiguousScan(LookupError):
@@ -71,7 +75,7 @@ class ScanCounter:
         floor = floor if isinstance(floor, int) and not isinstance(floor, bool) else 0
         try:
             with self._locked() as fd:
-                new = max(self._last(fd), floor) + 1
+                new = max(self._last(fd), min(floor, MAX_SCAN_ID - 1)) + 1
                 data = f"{new}\n".encode()
                 os.pwrite(fd, data, 0)
                 os.ftruncate(fd, len(data))
@@ -93,16 +97,29 @@ class ScanCounter:
         return _Locked(self.path)
 
     def _last(self, fd: int) -> int:
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        if text.isdigit():
-            return int(text)
+        """The file's number, or the catalog's highest scan id where that is higher (a
+        counter lowered by hand) or the file holds no usable number (warned)."""
         from bluesky_ptycho.storage.listing import raw_scan_ids
 
-        seen = max(raw_scan_ids(self.directory), default=0)
-        if text:
-            log.warning("the scan counter %s held %r, not a number; counting on from the "
-                        "catalog's highest scan id, %d", self.path, text, seen)  # fmt: skip
-        return seen
+        raw = os.pread(fd, 64, 0)
+        text = raw.decode(errors="replace").strip()
+        try:
+            ids = raw_scan_ids(self.directory)
+        except (OSError, sqlite3.Error) as err:  # a damaged catalog: the file's number stands
+            log.warning("the scan counter cannot read the catalog's scan ids (%s)", err)
+            ids = []
+        seen = max((i for i in ids if i <= MAX_SCAN_ID), default=0)
+        number = int(text) if text.isascii() and text.isdigit() and len(raw) < 64 else None
+        if number is None or number > MAX_SCAN_ID:
+            if text:
+                log.warning("the scan counter %s held %r, not a scan id (0 to %d); counting "
+                            "on from the catalog's highest scan id, %d", self.path,
+                            text[:40], MAX_SCAN_ID, seen)  # fmt: skip
+            return seen
+        if number < seen:
+            log.warning("the scan counter %s held %d, below the catalog's highest scan id %d; "
+                        "counting on from %d", self.path, number, seen, seen)  # fmt: skip
+        return max(number, seen)
 
 
 class _Locked:

@@ -264,6 +264,10 @@ def test_serve_takes_addresses_as_urls_and_the_older_ports_with_a_note(capsys):
         resolve("--listen", "tcp://0.0.0.0:6000", "--control", "tcp://127.0.0.1:6001")
     with pytest.raises(ValueError, match="give --control only"):
         resolve("--control", "tcp://127.0.0.1:6001", "--control-port", "6001")
+    for flag, value in (("--port", "99999"), ("--port", "0"), ("--control-port", "-1"),
+                        ("--snapshot-port", "70000")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"{flag} {value}: give a port in 1\.\.65535"):
+            resolve(flag, value)
 
 
 def test_serve_beyond_localhost_without_keys_is_refused_naming_listen(capsys):

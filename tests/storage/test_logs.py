@@ -74,3 +74,8 @@ def test_a_replay_has_a_log_file_of_its_own_next_to_the_live_runs(tmp_path, root
     assert "replay of run" not in live_file.read_text()
     # `bluesky-ptycho logs 7` and `logs 0123abcd` find the latest: the replay's
     assert find_log(tmp_path, "7") == find_log(tmp_path, "0123abcd") == replay_file
+    # a short number that is no scan's is refused, not read as the start of some uid
+    with pytest.raises(FileNotFoundError, match=r"no run log of scan 0123.*give --uid"):
+        find_log(tmp_path, "0123")
+    assert find_log(tmp_path, "0123", uid=True) == replay_file
+    assert find_log(tmp_path, "0123ab") == replay_file

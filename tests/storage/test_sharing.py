@@ -163,7 +163,13 @@ def test_a_second_process_on_an_embedded_catalog_is_refused_until_the_first_is_k
     err = capsys.readouterr().err
     assert "scan 5 is ambiguous" in err and starts[0]["uid"] in err and "Traceback" not in err
     # the counter of this data directory starts after the numbers the catalog holds
-    assert ScanCounter()({}) == 6
+    counter = ScanCounter()
+    assert counter({}) == 6
+    # a counter edited by hand never hands out a number the catalog holds, nor one past
+    # what JSON keeps exactly: lowered, garbled, a digit int() refuses, far too long
+    for text in ("2", "0", "\u00b2", "\u0663", "9" * 70, str(2**63)):
+        counter.path.write_text(text, encoding="utf-8")
+        assert counter({}) == 6, text
 
 
 def test_scan_ids_count_on_across_processes(tmp_path):
