@@ -22,7 +22,7 @@ from bluesky_ptycho.core.solvers.options import SolverOptions
 #: this fraction over the last three iterations (the image still far from its solution) ...
 ANNEAL_AT_ONCE = 0.05
 #: ... and then after the first iteration after it that lowers the error by less than this
-ANNEAL_GAIN = 0.01
+ANNEAL_GAIN = 0.002
 
 
 class FrameStore:
