@@ -114,7 +114,10 @@ def parser(only: str | None = None) -> Parser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = parser(command if command in COMMANDS else None).parse_args(argv)
+    p = parser(command if command in COMMANDS else None)
+    if command is None and (extras := [a for a in argv if a not in ("-h", "--help", "--version")]):
+        p.error(unrecognized(p, extras))  # (argparse would only say a COMMAND is required)
+    args = p.parse_args(argv)
     from bluesky_ptycho.storage.logs import console
 
     console(logging.WARNING)  # (serve sets its own: -v, -vv)

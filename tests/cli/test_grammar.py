@@ -166,6 +166,7 @@ def test_version_prints_the_package_version(capsys):
             "did you mean --algorithm?",
         ),
         (["status", "--control", "localhost"], "give tcp://HOST:PORT"),
+        (["--versoin"], "unrecognized arguments: --versoin; did you mean --version?"),
     ],
 )
 def test_misspelled_commands_options_and_choices_get_the_closest(capsys, argv, words):
@@ -174,7 +175,8 @@ def test_misspelled_commands_options_and_choices_get_the_closest(capsys, argv, w
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert words in err
-    assert f"usage: bluesky-ptycho {argv[0] if argv[0] != 'demoo' else ''}".rstrip() in err
+    command = argv[0] if argv[0] not in ("demoo", "--versoin") else ""
+    assert f"usage: bluesky-ptycho {command}".rstrip() in err
 
 
 def test_set_names_the_closest_stage_and_parameter(capsys):
