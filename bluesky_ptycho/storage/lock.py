@@ -123,7 +123,10 @@ def in_use_message(directory: Path, holder: dict[str, Any] | None) -> str:
     holder = holder or {}
     pid = holder.get("pid", "?")
     since = holder.get("since")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if since else "?"
+    try:  # (the file is the holder's words: a hand-edited one may say anything)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(since or "nan")))
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = "?"
     who = (
         "this process already has it open (close that Catalog first, or use it)"
         if pid == os.getpid()

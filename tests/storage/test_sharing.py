@@ -18,7 +18,7 @@ from event_model import compose_run
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.storage.catalog import Catalog
 from bluesky_ptycho.storage.listing import latest_runs
-from bluesky_ptycho.storage.lock import CatalogInUse, CatalogLock
+from bluesky_ptycho.storage.lock import CatalogInUse, CatalogLock, in_use_message
 from bluesky_ptycho.storage.scans import AmbiguousScan, ScanCounter
 
 ROOT = Path(__file__).parents[2]
@@ -50,6 +50,13 @@ def _wait_for(proc: subprocess.Popen, word: str, timeout: float = 240) -> None:
 def _kill9(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
+
+
+def test_a_hand_edited_lock_file_still_gives_the_message(tmp_path):
+    """The lock file holds the holder's words; odd ones give '?', not a traceback."""
+    for since in (1e300, "yesterday", None, [1]):
+        text = in_use_message(tmp_path, {"pid": 1, "since": since})
+        assert "process 1 (command unknown) has it open since ?" in text, since
 
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
