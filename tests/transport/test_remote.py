@@ -465,12 +465,20 @@ def test_a_backend_restarted_mid_scan_resumes_from_the_stored_documents(tmp_path
 
 # -- a slow stage grows its own backlog, nothing upstream -------------------------------------
 class SlowSink(Stage):
-    """A consumer that takes 50 ms for every document it is given."""
+    """A consumer stalled until released (then 5 ms a frame): however fast the machine, it
+    has not caught up when the pipeline is done. (It took 50 ms a frame before; on a VM
+    2.4x slower than the one it was written on the scan took long enough for it to keep
+    up: backlog 13-17, not over 30.)"""
 
     stage_name = "slow_sink"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
     def event_page(self, doc: dict) -> None:
-        time.sleep(0.05 * len(doc["seq_num"]))
+        self.released.wait(300)
+        time.sleep(0.005 * len(doc["seq_num"]))
 
 
 def test_a_slow_stage_slows_nothing_upstream_but_its_own_backlog(tmp_path):
@@ -484,6 +492,7 @@ def test_a_slow_stage_slows_nothing_upstream_but_its_own_backlog(tmp_path):
     # what they sent it
     assert run.by_stage("frame_cleaning").frames_out == 30
     assert slow.backlog() > 30, slow.status()
+    slow.released.set()
     slow.close()
     assert slow.join(60)
     assert slow.backlog() == 0
