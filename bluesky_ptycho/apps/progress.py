@@ -20,9 +20,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
-#: the phases, in the order a run goes through them (the scan's is named by its label)
-PHASES = ("starting", "scan", "final iterations", "saving")
-
 
 class Progress:
     """Progress of one run (see the module docstring).

@@ -65,7 +65,7 @@ class RunStages(Mapping[str, Stage]):
     def derived(self) -> dict[str, str]:
         """The uid of the run each stage derived (by stage key; stages that made none are
         left out): what to open in the catalog, ``catalog[uid]``."""
-        return {k: s._derived[0].uid for k, s in self.stages.items() if s._derived}
+        return {k: s.derived_uids[0] for k, s in self.stages.items() if s.derived_uids}
 
     def by_stage(self, name: str) -> Stage:
         """The (first) stage of registered name *name*, e.g. ``"reconstruction"``."""

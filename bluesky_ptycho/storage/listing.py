@@ -87,23 +87,25 @@ def latest_runs(
     return sorted(entries, key=lambda e: e.time)[-n:]
 
 
-def raw_scan_ids(directory: str | Path) -> list[int]:
-    """Every scan id of the raw runs in data directory *directory*'s embedded catalog
-    (empty when there is no catalog)."""
+def highest_scan_id(directory: str | Path, below: int) -> int:
+    """The highest scan id up to *below* among the raw runs in data directory *directory*'s
+    embedded catalog (0 when there is none, or no catalog): one query, however many runs."""
     try:
         db = _database(directory)
     except NoCatalog:
-        return []
+        return 0
     with _connect(db) as con:
         runs = _runs_node(con)
         if runs is None:
-            return []
-        rows = con.execute(
-            "SELECT json_extract(metadata, '$.start.scan_id') FROM nodes WHERE parent = ? "
-            "AND json_extract(metadata, '$.start.stage') IS NULL",
-            (runs,),
-        ).fetchall()
-    return [int(v) for (v,) in rows if isinstance(v, int)]
+            return 0
+        (top,) = con.execute(
+            "SELECT MAX(json_extract(metadata, '$.start.scan_id')) FROM nodes WHERE parent = ? "
+            "AND json_extract(metadata, '$.start.stage') IS NULL "
+            "AND json_type(metadata, '$.start.scan_id') = 'integer' "
+            "AND json_extract(metadata, '$.start.scan_id') <= ?",
+            (runs, below),
+        ).fetchone()
+    return int(top) if top is not None else 0
 
 
 def _replay_rows(n: int) -> int:

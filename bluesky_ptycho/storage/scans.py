@@ -99,16 +99,15 @@ class ScanCounter:
     def _last(self, fd: int) -> int:
         """The file's number, or the catalog's highest scan id where that is higher (a
         counter lowered by hand) or the file holds no usable number (warned)."""
-        from bluesky_ptycho.storage.listing import raw_scan_ids
+        from bluesky_ptycho.storage.listing import highest_scan_id
 
         raw = os.pread(fd, 64, 0)
         text = raw.decode(errors="replace").strip()
         try:
-            ids = raw_scan_ids(self.directory)
+            seen = highest_scan_id(self.directory, below=MAX_SCAN_ID)
         except (OSError, sqlite3.Error) as err:  # a damaged catalog: the file's number stands
             log.warning("the scan counter cannot read the catalog's scan ids (%s)", err)
-            ids = []
-        seen = max((i for i in ids if i <= MAX_SCAN_ID), default=0)
+            seen = 0
         number = int(text) if text.isascii() and text.isdigit() and len(raw) < 64 else None
         if number is None or number > MAX_SCAN_ID:
             if text:

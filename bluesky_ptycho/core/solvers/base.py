@@ -306,14 +306,15 @@ class Solver:
         the noise instead of waiting for the data error to stall).
 
         The step is lowered at once when the data error fell by at most
-        :data:`ANNEAL_AT_ONCE` over the last three iterations; otherwise (fewer iterations, the image still
-        far off, e.g. a scan that ended before the reconstruction caught up) the full
-        step goes on while it pays, and is lowered after the first iteration that lowers
-        the data error by less than :data:`ANNEAL_GAIN` (compared between iterations
-        after this call: the first one still fits the scan's last frames). Frames added
-        later restore the full step; the frames already added when this is called do not
-        (a scan's last frames arrive during its last live iteration: they would
-        otherwise undo the anneal at the first final iteration).
+        :data:`ANNEAL_AT_ONCE` over the last three iterations; otherwise (fewer
+        iterations, or the image still far off, e.g. a scan that ended before the
+        reconstruction caught up) the full step goes on while it pays, and is lowered
+        after the first iteration that lowers the data error by less than
+        :data:`ANNEAL_GAIN` (compared between iterations after this call: the first one
+        still fits the scan's last frames). Frames added later restore the full step; the
+        frames already added when this is called do not (a scan's last frames arrive
+        during its last live iteration: they would otherwise undo the anneal at the
+        first final iteration).
         """
         self._annealing = True
         self._anneal_start = start
