@@ -161,6 +161,10 @@ class Solver:
         self._anneal_start = 0.25
         self._measured_n, self._measured_at = 0, 0
         self._lit_at = (-1, -1)
+        self._probe_start = self.probe[0].copy()
+        self._restart_decided = False
+        #: the iteration in which the object restarted flat (see object_restart); None: it has not
+        self.object_restarted_at: int | None = None
         self._rng = np.random.default_rng(self.options.seed)
 
     # -- data in ------------------------------------------------------------
@@ -352,6 +356,8 @@ class Solver:
             self.changes.append(float(xp.linalg.norm(diff)) / max(norm, 1e-30))
         else:  # the object grew (points added): no comparison this time
             self.changes.append(float("nan"))
+        if self.object_restarted_at is not None and self.iteration - 1 == self.object_restarted_at:
+            self.changes[-1] = float("nan")  # from the old object to the new: no convergence news
         dp = float(xp.linalg.norm(self.probe - probe_before))
         self.probe_changes.append(dp / max(float(xp.linalg.norm(self.probe)), 1e-30))
         # the data error has stopped falling while the object still moves (the noise floor
@@ -381,24 +387,55 @@ class Solver:
             self.changes.append(float("nan"))  # a new regime: ratios start afresh
 
     def _gate_positions(self) -> None:
+        """Before an iteration: restart the object (object_restart), start refining positions."""
+        gate = self.options.probe_settled
+        started = self._update_probe and self.iteration >= self.options.probe_update_start + 2
+        probe_settled = (
+            gate > 0
+            and started
+            and len(self.probe_changes) >= 2
+            and max(self.probe_changes[-2:]) < gate
+        )
+        if probe_settled and not self._restart_decided:
+            self._restart_decided = True  # decided once: at the first settled iteration
+            limit = self.options.object_restart
+            if limit > 0 and not self.stored_waves and not self._annealing:
+                if self.probe_distance() > limit:
+                    self._restart_object()
+                    return
         s = self.options.position_refinement_start
         if self.positions_from is not None or s < 0 or self.iteration < s:
             return
-        gate = self.options.probe_settled
+        restart = self.object_restarted_at
+        if restart is not None and self.iteration < restart + 3:
+            return  # two probe updates around the new object first
         never = self.options.probe_update_start < 0
-        started = self._update_probe and self.iteration >= self.options.probe_update_start + 2
-        settled = (
-            gate == 0
-            or never
-            or (started and len(self.probe_changes) >= 2 and max(self.probe_changes[-2:]) < gate)
-        )
-        if settled:
+        if gate == 0 or never or probe_settled:
             self.positions_from = self.iteration
+
+    def probe_distance(self) -> float:
+        """How far the first probe mode is from the starting one: ``‖P − cP₀‖ / ‖P‖`` with the
+        complex *c* that makes it least (global phase and scale removed), 0 to 1."""
+        xp = self.xp
+        p, p0 = self.probe[0], self._probe_start
+        n0 = float(xp.vdot(p0, p0).real)
+        n = float(xp.vdot(p, p).real)
+        if n0 <= 0 or n <= 0:
+            return 0.0
+        overlap = abs(complex(xp.vdot(p0, p))) ** 2 / (n0 * n)
+        return float(np.sqrt(max(0.0, 1.0 - overlap)))
+
+    def _restart_object(self) -> None:
+        """The object restarts flat; the probe is held this iteration (see object_restart)."""
+        self.object = self.xp.ones_like(self.object)
+        self.object_restarted_at = self.iteration
+        self._adapted_at = self.iteration + 2  # step_adapt compares data errors after it only
+        self.step_scale = 1.0
 
     @property
     def _update_probe(self) -> bool:
         s = self.options.probe_update_start
-        return s >= 0 and self.iteration >= s
+        return s >= 0 and self.iteration >= s and self.iteration != self.object_restarted_at
 
     @property
     def _refine_positions(self) -> bool:

@@ -39,6 +39,14 @@ class SolverOptions(Declared):
         "pull the positions with it). 0: from position_refinement_start regardless.",
         min=0, max=1,
     )  # fmt: skip
+    object_restart: float = setting(
+        default=0.5, doc="When the probe has settled (probe_settled) this far from its start (relative "
+        "distance, global phase and scale removed), the object restarts flat, once, and the "
+        "probe is held for that iteration: an object built around a probe that was far off "
+        "carries that probe's errors as broad, slowly fading errors over the whole field (on a "
+        "large scan, many iterations), which an object rebuilt with the settled probe never "
+        "has. 0: never restart.", min=0, max=1,
+    )  # fmt: skip
     step_adapt: bool = setting(
         default=True, doc="Halve the object and probe steps when the data error has stopped falling "
         "(over three iterations, by less than 1 − step_adapt_ratio): at the noise floor of a "
