@@ -110,6 +110,7 @@ def ours(
         "object_error": curve[-1][1],
         "curve": curve,
         "stopped_by": stop.reason,
+        "object_restarted_at": solver.object_restarted_at,
         "frames_used": solver.n_measured,
         "keep": solver.weights > 0,
         "corners": grid.to_pixels(data.translations_m[:, :2]),
@@ -173,7 +174,8 @@ def run_case(name: str, folder: Path, with_ptychi: bool = True) -> dict:
                  "frame_px": case.frame_px, "simulated_s": time.perf_counter() - t0}  # fmt: skip
     mine = ours(path, scan, float(os.environ.get("HARD_MAX_SECONDS", 600)))
     row["ours"] = {k: mine[k] for k in ("iterations", "seconds", "object_error", "curve",
-                                       "stopped_by", "frames_used")}  # fmt: skip
+                                       "stopped_by", "object_restarted_at",
+                                       "frames_used")}  # fmt: skip
     for alg in os.environ.get("HARD_ALGORITHMS", "").split():  # others with their defaults
         m = ours(path, scan, float(os.environ.get("HARD_MAX_SECONDS", 600)), algorithm=alg)
         row[f"ours_{alg}"] = {k: m[k] for k in ("iterations", "seconds", "object_error",
@@ -200,7 +202,13 @@ def table(rows: list[dict]) -> str:
         frac = o.get("fraction_of_ptychi_time")
         out.append(
             f"| {r['case']} | {r['frames']} × {r['frame_px']}² | {o['object_error']:.4f} | "
-            f"{o['iterations']}, {o['seconds']:.1f} ({o['stopped_by']}) | "
+            f"{o['iterations']}, {o['seconds']:.1f} ({o['stopped_by']}"
+            + (
+                f"; object restarted at {o['object_restarted_at']}"
+                if o.get("object_restarted_at") is not None
+                else ""
+            )
+            + ") | "
             + (
                 f"{p['object_error']:.4f} | {p['seconds']:.1f} | "
                 f"{o['seconds_to_ptychi_error']:.1f} | {frac:.3f} |"
@@ -231,6 +239,7 @@ def main(argv: list[str]) -> int:
                 json.dumps({k: v for k, v in r.items() if k not in ("ours", "ptychi")}), flush=True
             )
             print("  ours", {k: v for k, v in r["ours"].items() if k != "curve"})
+            print("  curve (s, error)", [(round(t, 1), round(e, 4)) for t, e in r["ours"]["curve"]])
             if "ptychi" in r:
                 print(
                     "  pty-chi", {k: v for k, v in r["ptychi"].items() if k != "curve"}, flush=True
