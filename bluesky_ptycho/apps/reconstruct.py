@@ -43,6 +43,8 @@ class ReconstructResult:
         Why iterating ended: the convergence stop, or the count.
     left_out : int
         Frames left out because they hold NaN or infinite values.
+    object_restarted_at : int or None
+        The iteration in which the object restarted flat (the solvers' ``object_restart``).
     """
 
     output: Path
@@ -55,6 +57,7 @@ class ReconstructResult:
     ranks: int = 1
     stopped_by: str = ""
     left_out: int = 0
+    object_restarted_at: int | None = None
 
 
 def prepare(
@@ -219,6 +222,7 @@ def reconstruct_cxi(
         probe_source=origin,
         ranks=ranks,
         stopped_by=stop.reason or f"{solver.iteration} iterations",
+        object_restarted_at=solver.object_restarted_at,
         left_out=int((~np.isfinite(data.frames).all(axis=(1, 2))).sum()),
     )
 

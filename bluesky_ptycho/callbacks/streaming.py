@@ -320,6 +320,12 @@ class StreamingReconstruction:
         err = self.solver.iterate(1)
         if self._finished:
             self._after += 1
+        if self.solver.object_restarted_at == self.solver.iteration - 1:
+            log.info(
+                "iteration %d: the probe settled %.2f (relative distance) from its start; the "
+                "object restarted flat to be rebuilt with it (option object_restart)",
+                self.solver.iteration, self.solver.probe_distance(),
+            )  # fmt: skip
         if err and self.on_iteration is not None:
             self.on_iteration(self.solver.iteration, err[0], self.solver.n_measured)
         if time.monotonic() - self._last_snapshot >= self.snapshot_interval:

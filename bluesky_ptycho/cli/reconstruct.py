@@ -120,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
         f"data error {result.errors[0]:.4g} → {result.errors[-1]:.4g}; "
         f"probe from {result.probe_source}; object pixel {result.object_pixel_size_m * 1e9:.3g} nm"
         + (f"; {result.ranks} MPI ranks" if result.ranks > 1 else "")
+        + (
+            f"; the object restarted at iteration {result.object_restarted_at} (the probe had "
+            "moved far from its start)"
+            if result.object_restarted_at is not None
+            else ""
+        )
         + (f"; {result.left_out} frames with NaN/inf values left out" if result.left_out else "")
     )
     print(f"written: {result.output}")

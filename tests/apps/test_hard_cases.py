@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.apps.reconstruct import prepare
+from bluesky_ptycho.cli import main
 from bluesky_ptycho.core import metrics
 from bluesky_ptycho.core.ptycho import object_grid, scatter_add, split_positions
 from bluesky_ptycho.core.sim import hard
 from bluesky_ptycho.core.solvers.setup import MARGIN_PX
-from bluesky_ptycho.io.cxi import CxiData
+from bluesky_ptycho.io.cxi import CxiData, write_cxi
 
 # case: (measured error at the stop, threshold, measured stop iteration, error after
 # 50 more iterations)
@@ -107,7 +108,7 @@ def _run_to_stop(scan, **options):
     return solver, metrics.object_error(solver.object, truth, _region(scan, grid))
 
 
-def test_the_object_restarts_once_when_the_probe_settles_far_from_a_poor_start():
+def test_the_object_restarts_once_when_the_probe_settles_far_from_a_poor_start(tmp_path, capsys):
     """The low-dose case, small (its probe settles early; measured: restart at iteration 30,
     object error 0.1456 at the stop; 0.2076 without the restart: the object built around
     the poor starting probe keeps that probe's errors)."""
@@ -119,6 +120,10 @@ def test_the_object_restarts_once_when_the_probe_settles_far_from_a_poor_start()
     # positions wait for two probe updates around the new object
     assert solver.positions_from is not None and solver.positions_from >= restart + 3
     assert np.isnan(solver.changes[restart])  # the restart is not read as convergence news
+    # the command line says so
+    path = write_cxi(tmp_path / "c_dose_1e4.cxi", _as_file(scan))
+    assert main(["reconstruct", str(path), "-o", str(tmp_path / "out.cxi"), "--quiet"]) == 0
+    assert f"the object restarted at iteration {restart}" in capsys.readouterr().out
     plain, err_plain = _run_to_stop(scan, object_restart=0)
     assert plain.object_restarted_at is None
     assert err < 0.18 < err_plain, (err, err_plain)
