@@ -9,7 +9,10 @@ illumination-weighted mean of the ranks' objects, ``Σ_r I_r O_r / Σ_r I_r``
 (a pixel no rank lights keeps its value), and the probe the frame-weighted
 mean of the ranks' probes. Every rank then goes on from the merged object,
 so the regions stay one image. The merge moves one object and one probe per
-iteration through ``Allreduce`` (on the host).
+iteration through ``Allreduce`` (on the host). The solvers' decisions that
+read the probe's change (refining positions once it has settled, restarting
+the object once: ``object_restart``) read the merged probe's change, the
+same number on every rank, so the ranks decide alike.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class RegionMerge:
         keep = np.zeros(len(solver.weights), bool)
         keep[self.region] = True
         solver.weights[~keep] = 0
+        self._probe = to_numpy(solver.probe).copy()  # the merged probe of the last iteration
 
     def iterate(self, iterations: int = 1) -> list[float]:
         """Iterate this rank's region and merge after each iteration; the global data error."""
@@ -69,7 +73,12 @@ class RegionMerge:
             s.object = xp.asarray(merged.astype(np.complex64))
             probe = to_numpy(s.probe) * np.float32(len(self.region))
             self.comm.Allreduce(MPI.IN_PLACE, probe, op=MPI.SUM)
-            s.probe = xp.asarray((probe / np.float32(sum(self.sizes))).astype(np.complex64))
+            probe /= np.float32(sum(self.sizes))
+            s.probe = xp.asarray(probe.astype(np.complex64))
+            if s.probe_changes:  # the merged probe's change: the same on every rank
+                norm = max(float(np.linalg.norm(probe)), 1e-30)
+                s.probe_changes[-1] = float(np.linalg.norm(probe - self._probe)) / norm
+            self._probe = probe
             e = float(total[0] / max(total[1], 1.0))
             s.errors[-1] = e
             out.append(e)

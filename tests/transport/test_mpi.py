@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -83,3 +84,58 @@ def test_mpirun_two_ranks_gives_the_single_process_result(tmp_path):
     assert e1 < 0.08
     assert e2 < e1 + 0.02, (e1, e2)
     assert metrics.object_error(b, a, region) < 0.05
+
+
+RANKS_DECIDE = """
+import sys
+from mpi4py import MPI
+from bluesky_ptycho.apps.reconstruct import prepare
+from bluesky_ptycho.io.cxi import read_cxi
+from bluesky_ptycho.transport.mpi import RegionMerge
+comm = MPI.COMM_WORLD
+solver, _, _ = prepare(read_cxi(sys.argv[1]))
+RegionMerge(comm, solver).iterate(60)
+seen = comm.gather((solver.object_restarted_at, solver.positions_from), root=0)
+if comm.rank == 0:
+    print("decisions", seen)
+"""
+
+
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun (pip install '.[mpi]')")
+def test_the_ranks_restart_the_object_and_refine_positions_at_the_same_iteration(tmp_path):
+    """The ranks judge the merged probe's change, the same number on each: measured on the
+    small low-dose hard case, both restart at iteration 26 and refine positions from 46
+    (judging their own regions' probe changes they restarted at 36 and 27, one never
+    refined positions, and the merge averaged a flat object with a built one)."""
+    from bluesky_ptycho.core.sim import hard
+    from bluesky_ptycho.io.cxi import CxiData, write_cxi
+
+    scan = hard.simulate(hard.small(hard.CASES["c_dose_1e4"]))
+    path = write_cxi(
+        tmp_path / "scan.cxi",
+        CxiData(
+            frames=scan.frames,
+            translations_m=np.c_[scan.positions_m, np.zeros(len(scan.frames))],
+            energy_ev=scan.energy_ev,
+            distance_m=scan.distance_m,
+            pixel_size_m=(scan.pixel_m, scan.pixel_m),
+            illumination=scan.start_probe,
+        ),
+    )
+    script = tmp_path / "decide.py"
+    script.write_text(RANKS_DECIDE)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    run = subprocess.run(
+        [MPIRUN, "-n", "2", sys.executable, str(script), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    line = next(s for s in run.stdout.splitlines() if s.startswith("decisions"))
+    (restart_0, positions_0), (restart_1, positions_1) = ast.literal_eval(
+        line.removeprefix("decisions")
+    )
+    assert restart_0 is not None and positions_0 is not None, line
+    assert (restart_0, positions_0) == (restart_1, positions_1), line
