@@ -24,3 +24,16 @@ def write_scan_cxi(path: Path, scan: SimulatedScan) -> Path:
             pixel_size_m=(ps, ps),
         ),
     )
+
+
+def hard_scan_data(scan) -> CxiData:
+    """A hard case (:mod:`bluesky_ptycho.core.sim.hard`) as a CXI file holds it: frames,
+    reported positions, geometry and the starting probe a user would give."""
+    return CxiData(
+        frames=scan.frames,
+        translations_m=np.c_[scan.positions_m, np.zeros(len(scan.frames))],
+        energy_ev=scan.energy_ev,
+        distance_m=scan.distance_m,
+        pixel_size_m=(scan.pixel_m, scan.pixel_m),
+        illumination=scan.start_probe,
+    )

@@ -12,6 +12,7 @@ probe) scores 0.27–0.50, so a solver that did nothing fails.
 
 import numpy as np
 import pytest
+from scans import hard_scan_data
 
 from bluesky_ptycho.apps.reconstruct import prepare
 from bluesky_ptycho.cli import main
@@ -19,7 +20,7 @@ from bluesky_ptycho.core import metrics
 from bluesky_ptycho.core.ptycho import object_grid, scatter_add, split_positions
 from bluesky_ptycho.core.sim import hard
 from bluesky_ptycho.core.solvers.setup import MARGIN_PX
-from bluesky_ptycho.io.cxi import CxiData, write_cxi
+from bluesky_ptycho.io.cxi import write_cxi
 
 # case: (measured error at the stop, threshold, measured stop iteration, error after
 # 50 more iterations)
@@ -39,17 +40,6 @@ MEASURED = {
 STOP_COST = 0.02
 
 
-def _as_file(scan):
-    return CxiData(
-        frames=scan.frames,
-        translations_m=np.c_[scan.positions_m, np.zeros(len(scan.frames))],
-        energy_ev=scan.energy_ev,
-        distance_m=scan.distance_m,
-        pixel_size_m=(scan.pixel_m, scan.pixel_m),
-        illumination=scan.start_probe,
-    )
-
-
 def _region(scan, grid):
     p2 = np.sum(np.abs(scan.probe) ** 2, axis=0).astype(np.float32)
     ill = np.zeros(grid.shape, np.float32)
@@ -63,7 +53,7 @@ def test_defaults_reconstruct_each_hard_case(name):
     _measured, threshold, _stop, _more = MEASURED[name]
     case = hard.small(hard.CASES[name])
     scan = hard.simulate(case)
-    solver, pixel, _ = prepare(_as_file(scan))
+    solver, pixel, _ = prepare(hard_scan_data(scan))
     grid = object_grid(scan.positions_m, pixel, case.frame_px, MARGIN_PX)
     truth = scan.truth_on(grid.shape, grid.origin_m)
     region = _region(scan, grid)
@@ -99,7 +89,7 @@ def test_the_simulator_keeps_its_promises():
 
 def _run_to_stop(scan, **options):
     case = scan.case
-    solver, pixel, _ = prepare(_as_file(scan), options=options or None)
+    solver, pixel, _ = prepare(hard_scan_data(scan), options=options or None)
     grid = object_grid(scan.positions_m, pixel, case.frame_px, MARGIN_PX)
     truth = scan.truth_on(grid.shape, grid.origin_m)
     stop = solver.convergence(max_iterations=150)
@@ -121,7 +111,7 @@ def test_the_object_restarts_once_when_the_probe_settles_far_from_a_poor_start(t
     assert solver.positions_from is not None and solver.positions_from >= restart + 3
     assert np.isnan(solver.changes[restart])  # the restart is not read as convergence news
     # the command line says so
-    path = write_cxi(tmp_path / "c_dose_1e4.cxi", _as_file(scan))
+    path = write_cxi(tmp_path / "c_dose_1e4.cxi", hard_scan_data(scan))
     assert main(["reconstruct", str(path), "-o", str(tmp_path / "out.cxi"), "--quiet"]) == 0
     assert f"the object restarted at iteration {restart}" in capsys.readouterr().out
     plain, err_plain = _run_to_stop(scan, object_restart=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scans import write_scan_cxi
+from scans import hard_scan_data, write_scan_cxi
 
 from bluesky_ptycho.core import metrics, sim
 from bluesky_ptycho.core.regions import kmeans, split_regions
@@ -108,20 +108,10 @@ def test_the_ranks_restart_the_object_and_refine_positions_at_the_same_iteration
     (judging their own regions' probe changes they restarted at 36 and 27, one never
     refined positions, and the merge averaged a flat object with a built one)."""
     from bluesky_ptycho.core.sim import hard
-    from bluesky_ptycho.io.cxi import CxiData, write_cxi
+    from bluesky_ptycho.io.cxi import write_cxi
 
     scan = hard.simulate(hard.small(hard.CASES["c_dose_1e4"]))
-    path = write_cxi(
-        tmp_path / "scan.cxi",
-        CxiData(
-            frames=scan.frames,
-            translations_m=np.c_[scan.positions_m, np.zeros(len(scan.frames))],
-            energy_ev=scan.energy_ev,
-            distance_m=scan.distance_m,
-            pixel_size_m=(scan.pixel_m, scan.pixel_m),
-            illumination=scan.start_probe,
-        ),
-    )
+    path = write_cxi(tmp_path / "scan.cxi", hard_scan_data(scan))
     script = tmp_path / "decide.py"
     script.write_text(RANKS_DECIDE)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
