@@ -67,11 +67,26 @@ class CxiData:
 def write_cxi(path: str | os.PathLike, data: CxiData) -> Path:
     """Write *data* to a new CXI 1.6 file at *path*; return the path.
 
+    The file is built in memory (HDF5's core driver), written under a
+    temporary name in the same folder, synced to disk and then renamed onto
+    *path*: a full disk, an I/O error or a killed process never leaves a
+    truncated file at *path*, and a file already there stays as it was until
+    the new one is complete. A failed write removes its temporary file (a
+    process killed mid-write leaves ``.NAME.PID.tmp``). Building in memory
+    costs one more copy of the file while it is written; in exchange a
+    refused write is a plain OSError: HDF5 writing to disk itself, refused
+    space part-way, leaves handles that crash the process when they are
+    freed (h5py 3.16, HDF5 2.0), which would take a session or back-end down
+    with it.
+
     Raises
     ------
     ValueError
         When the arrays disagree (number of frames and translations, frame and
         probe shapes), naming what disagrees.
+    OSError
+        When the file cannot be written (full disk, no permission), naming *path*;
+        nothing is left at *path* that was not there before.
     """
     path = Path(path)
     n = len(data.frames)
@@ -83,8 +98,31 @@ def write_cxi(path: str | os.PathLike, data: CxiData) -> Path:
             f"probe shape {data.probe.shape} does not match the frames' {data.frames.shape[-2:]}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    image = _image_bytes(data, t)
+    try:
+        with open(tmp, "wb") as out:
+            out.write(image)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+        why = e.strerror or str(e)
+        msg = f"could not write the CXI file {path}: {why}; a file already there is unchanged"
+        raise (OSError(e.errno, msg) if e.errno else OSError(msg)) from e
+    return path
+
+
+def _image_bytes(data: CxiData, t: np.ndarray) -> bytes:
+    """The CXI file of *data* as bytes, built in memory."""
     ps_y, ps_x = data.pixel_size_m
-    with h5py.File(path, "w") as f:
+    size = np.asarray(data.frames).size * 4 + 2**20  # grown in steps of about the whole file
+    with h5py.File(
+        f"cxi-{id(data)}", "w", driver="core", backing_store=False, block_size=size
+    ) as f:
         f.create_dataset("cxi_version", data=CXI_VERSION)
         e = f.create_group("entry_1")
         inst = e.create_group("instrument_1")
@@ -117,7 +155,8 @@ def write_cxi(path: str | os.PathLike, data: CxiData) -> Path:
         if data.object is not None:
             pix = data.object_pixel_size_m or 0.0
             _image(e, "image_2", data.object, "electron density", pix)
-    return path
+        f.flush()
+        return f.id.get_file_image()
 
 
 def _image(entry: h5py.Group, name: str, arr: np.ndarray, kind: str, pixel_m: float) -> None:
