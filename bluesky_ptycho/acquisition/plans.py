@@ -8,6 +8,7 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky import preprocessors as bpp
 from bluesky.protocols import Movable, Readable
+from bluesky.utils import FailedStatus
 
 from bluesky_ptycho.core.sim import scan_positions
 from bluesky_ptycho.devices.connect import require_connected
@@ -221,6 +222,13 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):
 
     @bpp.run_decorator(md=md)
     def inner():
+        try:
+            return (yield from body())
+        except FailedStatus as err:  # the run's stop document and the caller get the cause
+            device = getattr(getattr(err.args[0], "device", None), "name", "a device")
+            raise RuntimeError(f"ptycho_scan: {device}: {err.__cause__ or err}") from err
+
+    def body():
         if energy is not None:
             yield from bps.mv(detector.energy, float(energy))
         yield from bps.mv(shutter, "closed")

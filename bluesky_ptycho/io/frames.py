@@ -8,6 +8,7 @@ and reads the frames a StreamDatum names. See docs/decisions/0003.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -39,6 +40,8 @@ ATTRIBUTES_GROUP = "/entry/instrument/NDAttributes"
 log = logging.getLogger(__name__)
 #: Most bytes one read of frames may return (a StreamDatum names a few frames, not a file)
 MAX_READ_BYTES = 2**30
+#: Bytes a frame file's disk keeps free beyond the next frame, for HDF5 to close the file
+SPACE_RESERVE = 4 * 2**20
 
 
 class FrameAccessError(PermissionError):
@@ -171,10 +174,30 @@ class FrameFileWriter:
         self.count = 0
 
     def append(self, frame: np.ndarray, attributes: dict[str, float] | None = None) -> int:
-        """Write one frame (and its *attributes*, NaN for those not given); return its index."""
+        """Write one frame (and its *attributes*, NaN for those not given); return its index.
+
+        Raises
+        ------
+        OSError (ENOSPC)
+            When the file's disk has no room for the frame and :data:`SPACE_RESERVE`
+            beside it. Nothing is written: the frames already in the file stay
+            readable and the file closes cleanly. (HDF5, refused space part-way
+            through a write, leaves the file unclosable and handles that crash the
+            process when freed; so the space is checked first.)
+        """
         if frame.shape != self.frame_shape:
             raise ValueError(
                 f"frame of shape {frame.shape} given, the file holds {self.frame_shape}"
+            )
+        st = os.statvfs(self.path.parent)
+        free = st.f_bavail * st.f_frsize
+        if free < frame.nbytes + SPACE_RESERVE:
+            raise OSError(
+                errno.ENOSPC,
+                f"frame file {self.path}: {free / 2**20:.1f} MiB free on its disk, a frame "
+                f"needs {frame.nbytes / 2**20:.1f} MiB and {SPACE_RESERVE / 2**20:.0f} MiB are "
+                f"kept free to close the file; the {self.count} frame(s) written are kept. "
+                f"Free space in {self.path.parent} (or stage the detector to another folder)",
             )
         with _H5_LOCK:
             i = self.count

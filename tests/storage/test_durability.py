@@ -200,6 +200,58 @@ def test_a_full_spool_disk_pauses_the_scan_and_loses_nothing(tmp_path, space_ret
         assert not any(d.exists() and any(d.iterdir()) for d in overflow_dirs(data / "spool"))
 
 
+FULL_FRAMES_DISK = """
+set -u
+mount -t tmpfs -o size=40m tmpfs "$RAW"
+"$CLI" demo --points 30 --darks 3 --quiet --output "$OUT" > "$OUT/out.txt" 2>&1
+echo "rc=$?" >> "$OUT/out.txt"
+"$PY" -c "$CHECK" >> "$OUT/out.txt" 2>&1
+"""
+# run inside the namespace, while the small filesystem is still there
+FRAMES_CHECK = """
+from bluesky_ptycho.storage.catalog import Catalog
+cat = Catalog()
+cat.writer.flush(120)
+(run,) = cat.raw_runs()
+stop = run.metadata["stop"]
+print("stop:", stop["exit_status"], stop["num_events"], "|", stop["reason"])
+for s in ("dark", "primary"):
+    print("frames", s, run[s]["fccd_image"].read().shape[0])
+cat.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_full_frames_disk_fails_the_scan_cleanly_and_keeps_the_frames_taken(tmp_path):
+    """The detector's frame files on a small filesystem (40 MB, room for 8 raw frames): the
+    frame that does not fit is refused before HDF5 writes it, so the scan fails with the
+    reason (file, free space, the fix) in its stop document and on the console, the demo
+    exits with 2 and does not crash (HDF5 left with a part-written frame brought the process
+    down with a segmentation fault), and every frame taken before is stored and read back."""
+    unshare = _unshare()
+    if unshare is None:
+        pytest.skip("no mount namespace to make a small filesystem in (unshare -m / -rm)")
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "raw").mkdir(parents=True)
+    out.mkdir()
+    env = {**_env(data, tmp_path / "logs"), "RAW": str(data / "raw"), "OUT": str(out),
+           "CLI": CLI, "PY": sys.executable, "CHECK": FRAMES_CHECK}  # fmt: skip
+    subprocess.run([*unshare, "sh", "-c", FULL_FRAMES_DISK], env=env, timeout=600, check=True)
+    text = (out / "out.txt").read_text()
+    print(text[-3000:])
+    assert "rc=2" in text
+    said = text.split("bluesky-ptycho demo: ")[1].splitlines()[0]
+    assert said.startswith("ptycho_scan: fccd: [Errno 28] frame file ")
+    assert "MiB free on its disk" in said and f"Free space in {data / 'raw'}" in said
+    taken = int(said.split("; the ")[1].split(" frame(s) written are kept")[0])
+    assert taken > 0
+    stop = text.split("stop: ")[1].splitlines()[0]
+    assert stop.startswith("fail") and "frame file" in stop and "MiB free on its disk" in stop
+    # the darks' file was closed, the scan's holds every frame its events point at
+    assert "frames dark 3" in text and f"frames primary {taken}" in text
+    assert f"'primary': {taken}" in stop
+
+
 def test_a_spool_file_made_to_run_code_is_refused_and_runs_nothing(tmp_path):
     """A spool file whose record carries msgpack-numpy's object-array form (a pickle): the
     next catalog refuses it, keeps it aside, and nothing is unpickled."""
