@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from bluesky_ptycho.apps.progress import Progress
+from bluesky_ptycho.core.fccd import RAW_FRAME_BYTES
 from bluesky_ptycho.core.metrics import align_object, illuminated_region, object_error
 from bluesky_ptycho.core.units import metres_per_unit
 from bluesky_ptycho.pipeline.runner import Pipeline
 from bluesky_ptycho.storage.catalog import Catalog
-from bluesky_ptycho.storage.guard import SpoolGuard
+from bluesky_ptycho.storage.guard import FramesDiskGuard, SpoolGuard
 from bluesky_ptycho.storage.scans import ScanCounter
 
 if TYPE_CHECKING:
@@ -74,8 +75,10 @@ def run_demo(
     With a *catalog*, the raw frames go to its raw folder and every run (raw
     and derived) is stored in it;
     without, the frames go to ``<output>/raw``. If the spool cannot be written
-    the scan pauses (:class:`~bluesky_ptycho.storage.guard.SpoolGuard`) and, after
-    *spool_wait* seconds without space, fails: the RunEngine's error is raised.
+    (:class:`~bluesky_ptycho.storage.guard.SpoolGuard`) or the frames' disk has
+    room for fewer than 20 frames (:class:`~bluesky_ptycho.storage.guard.FramesDiskGuard`)
+    the scan pauses and, after *spool_wait* seconds without space, fails: the
+    RunEngine's error is raised.
     *progress* (True, or a :class:`~bluesky_ptycho.apps.progress.Progress` already
     started) shows the phases on stderr: starting, scan, final iterations, saving.
     The scan's number comes from *scan_ids* (default: the counter of the
@@ -105,6 +108,8 @@ def run_demo(
     shutter = Shutter(name="shutter")
     raw_dir = catalog.raw_dir if catalog is not None else output / "raw"
     fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
+    frames_guard = FramesDiskGuard(raw_dir, RAW_FRAME_BYTES, give_up=spool_wait)
+    frames_guard.install(RE)
     if catalog is not None:
         RE.subscribe(catalog.writer)
         pipe.subscribe(catalog.writer)
@@ -123,7 +128,10 @@ def run_demo(
         fccd, stage, shutter, num_points=num_points, step=step, pattern=pattern, num_darks=num_darks
     )
     t0 = time.perf_counter()
-    (uid,) = cast(tuple[str, ...], RE(plan))  # (not call_returns_result: the runs' uids)
+    try:
+        (uid,) = cast(tuple[str, ...], RE(plan))  # (not call_returns_result: the runs' uids)
+    finally:
+        frames_guard.close()
     t_scan = time.perf_counter() - t0
     run = pipe.wait(uid, timeout=600)
     t_done = time.perf_counter() - t0

@@ -63,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=120.0,
         metavar="S",
-        help="if the spool cannot be written (a full disk), the scan waits S seconds for "
-        "space, then fails (default: %(default)s)",
+        help="if the spool cannot be written or the frames' disk is full, the scan pauses "
+        "and waits S seconds for space, then fails (default: %(default)s)",
     )
 
 

@@ -59,7 +59,7 @@ def test_ipython_profile_gives_a_session_where_a_scan_runs_and_is_stored(tmp_pat
         "DERIVED ['dark_statistics', 'frame_cleaning', 'quality', 'reconstruction', 'stxm']"
         in out.stdout
     )
-    assert "DB 42 42" in out.stdout and "SUSPENDERS 3" in out.stdout  # beam, quality, spool
+    assert "DB 42 42" in out.stdout and "SUSPENDERS 4" in out.stdout  # beam, quality, spool, frames
     assert "LAST True ['dark', 'primary'] 9" in out.stdout
     assert (
         "LASTDERIVED ['dark_statistics', 'frame_cleaning', 'quality', 'reconstruction', 'stxm']"

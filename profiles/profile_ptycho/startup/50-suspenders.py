@@ -30,3 +30,11 @@ from bluesky_ptycho.storage.guard import SpoolGuard
 
 spool_guard = SpoolGuard(catalog.writer, give_up=600.0)
 spool_guard.install(RE)
+
+# The same for the frames' disk: pause while fewer than 20 raw frames fit in the catalog's raw
+# folder (where the detector writes), fail the run after 10 minutes without space.
+from bluesky_ptycho.core.fccd import RAW_FRAME_BYTES
+from bluesky_ptycho.storage.guard import FramesDiskGuard
+
+frames_guard = FramesDiskGuard(catalog.raw_dir, RAW_FRAME_BYTES, give_up=600.0)
+frames_guard.install(RE)
