@@ -82,7 +82,25 @@ CASES = {
         lambda f: _replace_translation(f, f["entry_1/data_1/translation"][()][:-1]),
         "expected (16, 3)",
     ),
+    "illumination-zero": (
+        lambda f: _illumination(f, np.zeros((32, 32), np.complex64)),
+        f"{SRC}/illumination is zero everywhere",
+    ),
+    "illumination-nan": (
+        lambda f: _illumination(f, np.full((32, 32), np.nan, np.complex64)),
+        f"{SRC}/illumination must be a finite",
+    ),
+    "illumination-shape": (
+        lambda f: _illumination(f, np.ones((16, 16), np.complex64)),
+        f"{SRC}/illumination has shape (16, 16)",
+    ),
 }
+
+
+def _illumination(f: h5py.File, value) -> None:
+    if f"{SRC}/illumination" in f:
+        del f[f"{SRC}/illumination"]
+    f[f"{SRC}/illumination"] = value
 
 
 @pytest.mark.parametrize("case", list(CASES))
