@@ -225,8 +225,11 @@ def _scan(detector, stage, shutter, pts, num_darks, energy, md, rescans):
         try:
             return (yield from body())
         except FailedStatus as err:  # the run's stop document and the caller get the cause
-            device = getattr(getattr(err.args[0], "device", None), "name", "a device")
-            raise RuntimeError(f"ptycho_scan: {device}: {err.__cause__ or err}") from err
+            status = err.args[0] if err.args else None
+            owner = getattr(status, "device", None) or getattr(status, "obj", None)
+            raise RuntimeError(
+                f"ptycho_scan: {getattr(owner, 'name', 'a device')}: {err.__cause__ or err}"
+            ) from err
 
     def body():
         if energy is not None:

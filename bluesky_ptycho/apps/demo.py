@@ -108,12 +108,9 @@ def run_demo(
     shutter = Shutter(name="shutter")
     raw_dir = catalog.raw_dir if catalog is not None else output / "raw"
     fccd = SimFCCD(name="fccd", stage=stage, shutter=shutter, write_path=raw_dir)
-    frames_guard = FramesDiskGuard(raw_dir, RAW_FRAME_BYTES, give_up=spool_wait)
-    frames_guard.install(RE)
     if catalog is not None:
         RE.subscribe(catalog.writer)
         pipe.subscribe(catalog.writer)
-        SpoolGuard(catalog.writer, give_up=spool_wait).install(RE)
     docs: list = []
     if keep_documents:
         RE.subscribe(lambda n, d: docs.append((n, d)))
@@ -127,11 +124,19 @@ def run_demo(
     plan = ptycho_scan(
         fccd, stage, shutter, num_points=num_points, step=step, pattern=pattern, num_darks=num_darks
     )
-    t0 = time.perf_counter()
+    guards: list[FramesDiskGuard | SpoolGuard] = [
+        FramesDiskGuard(raw_dir, RAW_FRAME_BYTES, give_up=spool_wait)
+    ]
     try:
+        if catalog is not None:
+            guards.append(SpoolGuard(catalog.writer, give_up=spool_wait))
+        for guard in guards:
+            guard.install(RE)
+        t0 = time.perf_counter()
         (uid,) = cast(tuple[str, ...], RE(plan))  # (not call_returns_result: the runs' uids)
     finally:
-        frames_guard.close()
+        for guard in guards:
+            guard.close()
     t_scan = time.perf_counter() - t0
     run = pipe.wait(uid, timeout=600)
     t_done = time.perf_counter() - t0

@@ -125,10 +125,12 @@ def prepare(
                 f"{source}: entry_1/instrument_1/source_1/illumination has shape {probe.shape}; "
                 f"expected ({h}, {w}) (or (modes, {h}, {w})) to match the frames"
             )
-        if not np.abs(probe).any():
+        dark_modes = np.flatnonzero(~np.abs(probe.reshape(-1, h, w)).any(axis=(1, 2)))
+        if len(dark_modes):
+            which = "" if probe.ndim == 2 else f" in mode(s) {dark_modes.tolist()}"
             raise ValueError(
-                f"{source}: entry_1/instrument_1/source_1/illumination is zero everywhere, a "
-                "probe that lights nothing; delete that dataset to start from the probe "
+                f"{source}: entry_1/instrument_1/source_1/illumination is zero everywhere{which}, "
+                "a probe that lights nothing; delete that dataset to start from the probe "
                 "estimated from the frames, or write a probe guess there"
             )
         origin = "source_1/illumination"

@@ -125,24 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(_module(args.command).run(args))
     except KeyboardInterrupt:
         return 130
-    except Exception as err:
-        # a device's failure reaches here wrapped (bluesky's FailedStatus): say its cause
-        cause: BaseException | None = err
-        while cause is not None and not isinstance(cause, _TOLD):
-            cause = cause.__cause__
-        if cause is None:
-            raise
+    except (ValueError, RuntimeError, OSError, LookupError, TypeError) as err:
         message = (
-            str(cause)
-            if not isinstance(cause, KeyError)
-            else str(cause.args[0] if cause.args else cause)
+            str(err) if not isinstance(err, KeyError) else str(err.args[0] if err.args else err)
         )
         print(f"bluesky-ptycho {args.command}: {message}", file=sys.stderr)
         return 2
-
-
-# errors said in one line (what, which value, the fix); others keep their traceback
-_TOLD = (ValueError, RuntimeError, OSError, LookupError, TypeError)
 
 
 if __name__ == "__main__":  # pragma: no cover

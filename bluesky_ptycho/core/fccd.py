@@ -37,7 +37,7 @@ CLOCKED_ROWS = 970  # per half
 PIXEL_ROWS = 960
 
 RAW_SHAPE = (CHANNELS_PER_HALF * CLOCKED_COLUMNS, N_HALVES * CLOCKED_ROWS)  # (1152, 1940)
-RAW_FRAME_BYTES = RAW_SHAPE[0] * RAW_SHAPE[1] * 2  # uint16: 4.3 MiB a raw frame
+RAW_FRAME_BYTES = RAW_SHAPE[0] * RAW_SHAPE[1] * 2  # uint16: 4.26 MiB a raw frame
 IMAGE_SHAPE = (N_HALVES * PIXEL_ROWS, CHANNELS_PER_HALF * PIXEL_COLUMNS)  # (1920, 960)
 
 #: For each raw channel: (half, supercolumn of the image, mirrored). Row ``c`` is channel ``c``.

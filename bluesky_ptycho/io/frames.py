@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -118,6 +119,15 @@ _PLAIN: dict[tuple[str, str], bool] = {}
 _FDS: dict[str, int] = {}
 
 
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes this user may still write on the disk of *folder* (or of the nearest folder
+    above it that exists)."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
 class FrameFileWriter:
     """Append frames of one shape and dtype to ``/entry/data/data`` in an HDF5 file.
 
@@ -150,7 +160,10 @@ class FrameFileWriter:
             raise FileExistsError(f"{self.path} exists already: frames are never overwritten")
         self.frame_shape = tuple(frame_shape)
         self.dtype = np.dtype(dtype)
+        self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+        self.count = 0
         with _H5_LOCK:
+            self._room_for(0)
             self._file = h5py.File(self.path, "w", libver="latest")
             self._ds = self._file.create_dataset(
                 DATASET,
@@ -171,7 +184,18 @@ class FrameFileWriter:
             }
             self._file.swmr_mode = True
             _OPEN_WRITERS[str(self.path)] = self
-        self.count = 0
+
+    def _room_for(self, nbytes: int) -> None:
+        """Refuse (ENOSPC) unless the disk holds *nbytes* and :data:`SPACE_RESERVE` beside."""
+        free = free_bytes(self.path.parent)
+        if free < nbytes + SPACE_RESERVE:
+            raise OSError(
+                errno.ENOSPC,
+                f"frame file {self.path}: {free / 2**20:.1f} MiB free on its disk, a frame "
+                f"needs {nbytes / 2**20:.1f} MiB and {SPACE_RESERVE / 2**20:.0f} MiB are "
+                f"kept free to close the file; the {self.count} frame(s) written are kept. "
+                f"Free space in {self.path.parent} (or stage the detector to another folder)",
+            )
 
     def append(self, frame: np.ndarray, attributes: dict[str, float] | None = None) -> int:
         """Write one frame (and its *attributes*, NaN for those not given); return its index.
@@ -183,23 +207,16 @@ class FrameFileWriter:
             beside it. Nothing is written: the frames already in the file stay
             readable and the file closes cleanly. (HDF5, refused space part-way
             through a write, leaves the file unclosable and handles that crash the
-            process when freed; so the space is checked first.)
+            process when freed; so the space is checked first. The check is for
+            this writer: another writer filling the disk at the same moment, or a
+            quota the disk's free space does not show, can still reach HDF5.)
         """
         if frame.shape != self.frame_shape:
             raise ValueError(
                 f"frame of shape {frame.shape} given, the file holds {self.frame_shape}"
             )
-        st = os.statvfs(self.path.parent)
-        free = st.f_bavail * st.f_frsize
-        if free < frame.nbytes + SPACE_RESERVE:
-            raise OSError(
-                errno.ENOSPC,
-                f"frame file {self.path}: {free / 2**20:.1f} MiB free on its disk, a frame "
-                f"needs {frame.nbytes / 2**20:.1f} MiB and {SPACE_RESERVE / 2**20:.0f} MiB are "
-                f"kept free to close the file; the {self.count} frame(s) written are kept. "
-                f"Free space in {self.path.parent} (or stage the detector to another folder)",
-            )
         with _H5_LOCK:
+            self._room_for(self._frame_bytes)
             i = self.count
             for name, ds in self._attrs.items():  # first: a reader that sees the frame sees them
                 ds.resize(i + 1, axis=0)

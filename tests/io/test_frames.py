@@ -89,14 +89,14 @@ def test_a_dataset_keeping_its_frames_in_another_file_is_refused(tmp_path, stack
 def test_a_frame_the_disk_has_no_room_for_is_refused_and_the_file_stays_whole(
     tmp_path, monkeypatch
 ):
-    """The disk's real free space, with the reserve set so that it is just too small: the
+    """The disk's real free space, with the reserve set to the whole disk's size: the
     append is refused before HDF5 writes anything, the error names the file and says how
     to fix it, and the frames already written are read back after a clean close."""
     w = FrameFileWriter(tmp_path / "f.h5", (32, 32), "uint16")
     for i in range(3):
         w.append(np.full((32, 32), i, np.uint16))
     st = os.statvfs(tmp_path)
-    monkeypatch.setattr(frames, "SPACE_RESERVE", st.f_bavail * st.f_frsize)
+    monkeypatch.setattr(frames, "SPACE_RESERVE", st.f_blocks * st.f_frsize)  # the whole disk
     with pytest.raises(OSError, match=r"f\.h5: .* MiB free on its disk.*the 3 frame\(s\) written "
                        r"are kept\. Free space in") as err:  # fmt: skip
         w.append(np.full((32, 32), 9, np.uint16))
