@@ -134,17 +134,21 @@ def _unshare() -> list[str] | None:
     return None
 
 
+# The demo with DISK on a small filesystem (SIZE) filled but for what FILL leaves; once the
+# demo says TOLD, space is freed (FREE=yes) or not; CHECK, where given, runs before the
+# filesystem goes away with the namespace.
 FULL_DISK = """
 set -u
-mount -t tmpfs -o size=128m tmpfs "$SPOOL"
-head -c "$FILL" /dev/zero > "$SPOOL/filler"
+mount -t tmpfs -o size="$SIZE" tmpfs "$DISK"
+head -c "$FILL" /dev/zero > "$DISK/filler"
 "$CLI" demo --points 30 --darks 3 --quiet --output "$OUT" --spool-wait "$WAIT" > "$OUT/out.txt" 2>&1 &
 pid=$!
-for i in $(seq 900); do grep -q "CANNOT SPOOL" "$OUT/out.txt" && break; sleep 0.2; done
+for i in $(seq 900); do grep -q "$TOLD" "$OUT/out.txt" && break; sleep 0.2; done
 sleep 3
-[ "$FREE" = yes ] && rm "$SPOOL/filler"
+[ "$FREE" = yes ] && rm "$DISK/filler"
 wait $pid
 echo "rc=$?" >> "$OUT/out.txt"
+[ -z "${CHECK:-}" ] || "$PY" -c "$CHECK" >> "$OUT/out.txt" 2>&1
 """
 
 
@@ -160,8 +164,9 @@ def test_a_full_spool_disk_pauses_the_scan_and_loses_nothing(tmp_path, space_ret
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "spool").mkdir(parents=True)
     out.mkdir()
-    env = {**_env(data, tmp_path / "logs"), "SPOOL": str(data / "spool"), "OUT": str(out),
-           "CLI": CLI, "FILL": str(128 * 2**20 - 150_000), "WAIT": "120" if space_returns else "4",
+    env = {**_env(data, tmp_path / "logs"), "DISK": str(data / "spool"), "SIZE": "128m",
+           "TOLD": "CANNOT SPOOL", "OUT": str(out), "CLI": CLI, "FILL": str(128 * 2**20 - 150_000),
+           "WAIT": "120" if space_returns else "4",
            "FREE": "yes" if space_returns else "no"}  # fmt: skip
     subprocess.run([*unshare, "sh", "-c", FULL_DISK], env=env, timeout=600, check=True)
     text = (out / "out.txt").read_text()
@@ -200,19 +205,6 @@ def test_a_full_spool_disk_pauses_the_scan_and_loses_nothing(tmp_path, space_ret
         assert not any(d.exists() and any(d.iterdir()) for d in overflow_dirs(data / "spool"))
 
 
-FULL_FRAMES_DISK = """
-set -u
-mount -t tmpfs -o size=300m tmpfs "$RAW"
-head -c "$FILL" /dev/zero > "$RAW/filler"
-"$CLI" demo --points 30 --darks 3 --quiet --output "$OUT" --spool-wait "$WAIT" > "$OUT/out.txt" 2>&1 &
-pid=$!
-for i in $(seq 900); do grep -q "frames' disk" "$OUT/out.txt" && break; sleep 0.2; done
-sleep 3
-[ "$FREE" = yes ] && rm "$RAW/filler"
-wait $pid
-echo "rc=$?" >> "$OUT/out.txt"
-"$PY" -c "$CHECK" >> "$OUT/out.txt" 2>&1
-"""
 # run inside the namespace, while the small filesystem is still there
 FRAMES_CHECK = """
 from bluesky_ptycho.storage.catalog import Catalog
@@ -243,11 +235,12 @@ def test_a_full_frames_disk_pauses_the_scan_and_keeps_every_frame(tmp_path, spac
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "raw").mkdir(parents=True)
     out.mkdir()
-    env = {**_env(data, tmp_path / "logs"), "RAW": str(data / "raw"), "OUT": str(out),
-           "CLI": CLI, "PY": sys.executable, "CHECK": FRAMES_CHECK,
+    env = {**_env(data, tmp_path / "logs"), "DISK": str(data / "raw"), "SIZE": "300m",
+           "TOLD": "frames' disk", "OUT": str(out), "CLI": CLI, "PY": sys.executable,
+           "CHECK": FRAMES_CHECK,
            "FILL": str(180 * 2**20), "WAIT": "120" if space_returns else "4",
            "FREE": "yes" if space_returns else "no"}  # fmt: skip
-    subprocess.run([*unshare, "sh", "-c", FULL_FRAMES_DISK], env=env, timeout=600, check=True)
+    subprocess.run([*unshare, "sh", "-c", FULL_DISK], env=env, timeout=600, check=True)
     text = (out / "out.txt").read_text()
     print(text[-3000:])
     assert f"the frames' disk ({data / 'raw'}) has room for fewer than 20 frames" in text
